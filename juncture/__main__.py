@@ -1,0 +1,3 @@
+from juncture.cli import app
+
+app()

@@ -1,0 +1,170 @@
+"""Hugging Face transformers backend: batched sampling with a KV cache, per-token log-prob and entropy.
+
+A hand-written decode loop instead of `model.generate` because the agent needs, for every
+sampled token, the log-prob and the full-vocabulary entropy under the sampling
+distribution, and must stop each row at the first closing tool tag.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from juncture.config import ModelConfig
+from juncture.policy.base import Generation, SamplingParams, logprobs_and_entropy
+from juncture.policy.loading import resolve_model
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class HFPolicy:
+    """`model` holds the trainable fp32 weights; `gen_model` samples (a bf16 copy when dtype=bfloat16).
+
+    Keeping fp32 master weights matters: pure-bf16 AdamW loses updates of size lr=1e-5.
+    """
+
+    def __init__(self, model, tokenizer, dtype: str = "float32"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.dtype = DTYPES[dtype]
+        self.gen_model = model if self.dtype == torch.float32 else copy.deepcopy(model).to(self.dtype).eval()
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self._piece_cache: dict[int, str] = {}
+
+    @classmethod
+    def load(cls, cfg: ModelConfig, log=print) -> HFPolicy:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path, _ = resolve_model(cfg.path, log=log)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return cls(model, tokenizer, cfg.dtype)
+
+    def sync_weights(self) -> None:
+        """Copy the trained weights into the sampling model after an optimizer step."""
+        if self.gen_model is not self.model:
+            self.gen_model.load_state_dict(self.model.state_dict())
+
+    def autocast(self):
+        """Context for training forwards: bf16 autocast over fp32 master weights, or nothing."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def piece(self, token: int) -> str:
+        text = self._piece_cache.get(token)
+        if text is None:
+            text = self._piece_cache[token] = self.tokenizer.decode([token])
+        return text
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: list[int],
+        params: SamplingParams,
+        generator: torch.Generator | None = None,
+    ) -> list[Generation]:
+        """Sample a continuation for every prompt; row i stops at EOS, a stop string, or max_new_tokens[i]."""
+        if not prompts:
+            return []
+        was_training = self.gen_model.training
+        self.gen_model.eval()
+        try:
+            return self._generate(prompts, max_new_tokens, params, generator)
+        finally:
+            self.gen_model.train(was_training)
+
+    def _generate(self, prompts, max_new_tokens, params, generator) -> list[Generation]:
+        device = self.device
+        n = len(prompts)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+        outs = [Generation() for _ in range(n)]
+        texts = [""] * n
+        rows = list(range(n))  # original index of each live row of the cache
+        cache = DynamicCache()
+        logits = self.gen_model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1]
+        next_pos = positions[:, -1] + 1
+        longest_stop = max((len(s) for s in params.stop_strings), default=0)
+        while rows:
+            scaled = logits.float() / (1.0 if params.greedy else params.temperature)
+            tokens = _sample(scaled, params, generator)
+            logp, ent = logprobs_and_entropy(scaled, tokens)
+            keep = []
+            for j, i in enumerate(rows):
+                tok = int(tokens[j])
+                out = outs[i]
+                out.tokens.append(tok)
+                out.logprobs.append(float(logp[j]))
+                out.entropies.append(float(ent[j]))
+                if tok in self.eos_ids:
+                    out.finish_reason = "eos"
+                    continue
+                if longest_stop:
+                    texts[i] += self.piece(tok)
+                    tail = texts[i][-(longest_stop + 32) :]
+                    hit = next((s for s in params.stop_strings if s in tail), None)
+                    if hit is not None:
+                        out.finish_reason, out.stop = "stop", hit
+                        continue
+                if len(out.tokens) >= max_new_tokens[i]:
+                    out.finish_reason = "length"
+                    continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                idx = torch.tensor(keep, device=device)
+                cache.batch_select_indices(idx)
+                mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
+                rows = [rows[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            logits = self.gen_model(
+                input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                past_key_values=cache, use_cache=True,
+            ).logits[:, -1]
+            next_pos = next_pos + 1
+        return outs
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
+    if params.greedy:
+        return logits.argmax(-1)
+    if params.top_k:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    return ids

@@ -1,0 +1,5 @@
+"""Tools the agent can call: a sandboxed Python interpreter, BM25 search, and a calculator."""
+
+from juncture.tools.base import KNOWN_TOOLS, Tool, ToolResult, build_tools
+
+__all__ = ["KNOWN_TOOLS", "Tool", "ToolResult", "build_tools"]

@@ -1,0 +1,84 @@
+"""The HF backend: sampled log-probs and entropies equal what the trainer recomputes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from juncture.config import ModelConfig
+from juncture.policy.base import SamplingParams
+from juncture.policy.hf import HFPolicy
+from juncture.policy.loading import ModelNotFoundError, resolve_model
+from juncture.train.batching import pack, score
+from juncture.tree import Source, Trajectory
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))
+
+
+def prompts(tok):
+    return [tok.encode("Hello there"), tok.encode("A much longer prompt with more tokens in it"), tok.encode("x")]
+
+
+def test_logprobs_and_entropies_match_training_forward(policy):
+    tok = policy.tokenizer
+    gens = policy.generate(prompts(tok), [12, 7, 12], SamplingParams(), torch.Generator().manual_seed(0))
+    rows = []
+    for i, (p, g) in enumerate(zip(prompts(tok), gens, strict=True)):
+        assert len(g.tokens) == len(g.logprobs) == len(g.entropies)
+        tr = Trajectory.from_prompt(p, f"t{i}", "g", "task")
+        tr.append(g.tokens, Source.MODEL, g.logprobs, g.entropies)
+        rows.append(tr)
+    assert len(gens[1].tokens) <= 7
+    packed = pack(rows, policy.pad_id)
+    with torch.no_grad():
+        logp, ent = score(policy.model, packed, 1.0, with_entropy=True)
+    for i, tr in enumerate(rows):
+        n = tr.response_len
+        np.testing.assert_allclose(logp[i, -n:].numpy(), tr.logprobs[tr.prompt_len :], atol=2e-4)
+        np.testing.assert_allclose(ent[i, -n:].numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
+        assert packed.loss_mask[i, -n:].tolist() == [1.0] * n
+
+
+def test_seeded_sampling_is_reproducible_and_greedy_is_deterministic(policy):
+    p = prompts(policy.tokenizer)
+    a = policy.generate(p, [10] * 3, SamplingParams(), torch.Generator().manual_seed(3))
+    b = policy.generate(p, [10] * 3, SamplingParams(), torch.Generator().manual_seed(3))
+    assert [g.tokens for g in a] == [g.tokens for g in b]
+    g1 = policy.generate(p, [10] * 3, SamplingParams(greedy=True))
+    g2 = policy.generate(p[:1], [10], SamplingParams(greedy=True))
+    assert g1[0].tokens == g2[0].tokens  # batching with padding does not change the result
+
+
+def test_stop_strings_end_the_row(policy):
+    tok = policy.tokenizer
+    # any text stops at a stop string equal to the first sampled piece
+    first = policy.generate(prompts(tok)[:1], [5], SamplingParams(greedy=True))[0]
+    stop = tok.decode(first.tokens[:2])
+    if not stop.strip():
+        pytest.skip("degenerate random model output")
+    out = policy.generate(prompts(tok)[:1], [20], SamplingParams(greedy=True, stop_strings=(stop,)))[0]
+    assert out.finish_reason == "stop" and out.stop == stop and len(out.tokens) == 2
+
+
+def test_bf16_policy_keeps_fp32_master_weights(tiny_model_dir):
+    pol = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16"))
+    assert next(pol.model.parameters()).dtype == torch.float32
+    assert next(pol.gen_model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        next(pol.model.parameters()).add_(1.0)
+    pol.sync_weights()
+    a, b = next(pol.model.parameters()), next(pol.gen_model.parameters())
+    assert torch.allclose(a.to(torch.bfloat16).float(), b.float())
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="neither 'default'"):
+        resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFoundError, match="GGUF file"):
+        resolve_model(str(tmp_path / "nope.gguf"))
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path))
