@@ -6,7 +6,6 @@ never silently falls back to a default.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,7 +217,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def builtin_config(name: str) -> Path:
-    return Path(str(resources.files("juncture") / "configs" / f"{name}.yaml"))
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -10,7 +10,7 @@ import copy
 import gzip
 import json
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,7 @@ class Trainer:
         self.train_tasks = train_tasks
         self.task_index = {t.id: t for t in train_tasks}
         self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.limits = AgentLimits.from_config(cfg.agent)
         self.branching = BRANCHING.get(cfg.algorithm.branching)
         self.credit = CREDIT.get(cfg.algorithm.credit)
@@ -163,7 +164,7 @@ class Trainer:
         n_up = min(cfg.train.updates_per_step, len(rows))
         old = self._rows_logprobs(model, [t for t, _ in rows]) if n_up > 1 else None
         ref = self._rows_logprobs(self.ref_model, [t for t, _ in rows]) if self.ref_model is not None else None
-        sums: Counter = Counter()
+        sums: dict[str, float] = defaultdict(float)
         grad_norms = []
         mini = np.array_split(np.arange(len(rows)), n_up)
         for idx in mini:
@@ -171,12 +172,14 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             for start in range(0, len(idx), cfg.train.micro_batch_size):
                 sel = idx[start : start + cfg.train.micro_batch_size]
-                sums += self._micro_step(
+                stats = self._micro_step(
                     [rows[i] for i in sel],
                     weights[start : start + len(sel)],
                     None if old is None else [old[i] for i in sel],
                     None if ref is None else [ref[i] for i in sel],
                 )
+                for k, v in stats.items():
+                    sums[k] += v
             grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)))
             self.optimizer.step()
             self.scheduler.step()
@@ -188,7 +191,7 @@ class Trainer:
                     "train/rows": len(rows), "time/update_s": time.perf_counter() - t0})
         return out
 
-    def _micro_step(self, rows, weights, old, ref) -> Counter:
+    def _micro_step(self, rows, weights, old, ref) -> dict[str, float]:
         cfg = self.cfg
         trajs = [t for t, _ in rows]
         packed = pack(trajs, self.policy.pad_id)
@@ -204,7 +207,7 @@ class Trainer:
         mask = packed.loss_mask
         stats["rollout_logp_abs_diff"] = ((logp.detach() - rollout_logp).abs() * mask).sum()
         stats["loss"] = loss.detach()
-        return Counter({k: float(v) for k, v in stats.items()})
+        return {k: float(v) for k, v in stats.items()}
 
     def save(self, step: int) -> None:
         save_checkpoint(self.ckpt_dir, step, self.policy.model, self.policy.tokenizer, self.optimizer, self.scheduler,
