@@ -103,7 +103,7 @@ def run_sft(policy, data: list[Trajectory], cfg: RunConfig, log=print) -> list[f
                 logp, _ = score(model, packed, 1.0)
             loss = -(logp * packed.loss_mask).sum() / n_tok
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         losses.append(total)
