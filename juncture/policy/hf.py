@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from juncture.config import ModelConfig
+from juncture.policy import prefix_cache
 from juncture.policy.base import Generation, SamplingParams, logprobs_and_entropy
 from juncture.policy.loading import resolve_model
 
@@ -26,7 +27,7 @@ class HFPolicy:
     Keeping fp32 master weights matters: pure-bf16 AdamW loses updates of size lr=1e-5.
     """
 
-    def __init__(self, model, tokenizer, dtype: str = "float32"):
+    def __init__(self, model, tokenizer, dtype: str = "float32", prefix_reuse: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = DTYPES[dtype]
@@ -34,16 +35,17 @@ class HFPolicy:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._piece_cache: dict[int, str] = {}
+        self.prefix_reuse = prefix_reuse  # False forces the plain padded prefill (for tests and benchmarks)
 
     @classmethod
-    def load(cls, cfg: ModelConfig, log=print) -> HFPolicy:
+    def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = True) -> HFPolicy:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path, _ = resolve_model(cfg.path, log=log)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return cls(model, tokenizer, cfg.dtype)
+        return cls(model, tokenizer, cfg.dtype, prefix_reuse)
 
     def sync_weights(self) -> None:
         """Copy the trained weights into the sampling model after an optimizer step."""
@@ -82,27 +84,37 @@ class HFPolicy:
         finally:
             self.gen_model.train(was_training)
 
-    def _generate(self, prompts, max_new_tokens, params, generator) -> list[Generation]:
-        device = self.device
-        n = len(prompts)
-        width = max(len(p) for p in prompts)
+    def _prefill(self, prompts):
+        """KV cache, attention mask and last-token logits of the prompts, left-padded to one width.
+
+        Shared prefixes are encoded once (see prefix_cache) where that is cheaper than one
+        padded forward over every full prompt.
+        """
+        tree = prefix_cache.plan(prompts, self.device) if self.prefix_reuse else None
+        if tree is not None:
+            return prefix_cache.tree_prefill(self.gen_model, prompts, tree)
+        n, width = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for i, p in enumerate(prompts):
             input_ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        logits = self.gen_model(
+            input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1]
+        return cache, mask, logits
 
+    def _generate(self, prompts, max_new_tokens, params, generator) -> list[Generation]:
+        device = self.device
+        n = len(prompts)
+        cache, mask, logits = self._prefill(prompts)
+        next_pos = torch.tensor([len(p) for p in prompts], device=device)
         outs = [Generation() for _ in range(n)]
         texts = [""] * n
         rows = list(range(n))  # original index of each live row of the cache
-        cache = DynamicCache()
-        logits = self.gen_model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
-        ).logits[:, -1]
-        next_pos = positions[:, -1] + 1
         longest_stop = max((len(s) for s in params.stop_strings), default=0)
         while rows:
             scaled = logits.float() / (1.0 if params.greedy else params.temperature)

@@ -1,0 +1,121 @@
+"""What a branch costs: continuing B branches from one long shared prefix, with and without prefix reuse.
+
+Why: branching only pays if a branch is much cheaper than a fresh rollout. A branch's
+prompt is its parent's prompt+response up to the fork (hundreds of tokens), shared by all B
+branches forked there. This times, on SmolLM2-135M-Instruct, a `new_tokens` continuation of
+B branches from a `prefix_len`-token prefix (a) re-encoding the prefix in every row (the
+plain padded prefill) and (b) encoding it once (the shared-prefix prefill), and (c) a fresh
+rollout of B rows generating the whole response from a short prompt to the same final length.
+EOS is disabled so every row generates exactly its budget; no stop strings. Time is the
+median of `--repeats` interleaved runs after one warm-up; "prefill_s" times the same call
+with a 1-token budget.
+
+    .venv/bin/python bench/branch_cost.py [--batch 8] [--prefix-len 512] [--new-tokens 128]
+        [--fresh-prompt-len 64] [--dtypes float32 bfloat16] [--repeats 3] [--json runs/bench/branch_cost.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from common import environment, markdown_table, setup, write_json
+
+from juncture.agent.loop import encode_prompt
+from juncture.config import ModelConfig, load_config
+from juncture.policy.base import SamplingParams
+from juncture.policy.hf import HFPolicy
+from juncture.tasks import build_tasks
+
+PARAMS = SamplingParams(temperature=1.0)
+
+
+def parent_sequence(policy: HFPolicy, length: int) -> list[int]:
+    """A real quickstart prompt (few-shot, python tool) followed by a sampled response, `length` tokens in all."""
+    cfg = load_config(None, ["task.train_size=4", "task.eval_size=1"])
+    train, _ = build_tasks(cfg.task)
+    prompt = encode_prompt(policy.tokenizer, train[0], cfg.agent.tools, cfg.agent.prompt)
+    if len(prompt) >= length:
+        return prompt[:length]
+    gen = policy.generate([prompt], [length - len(prompt)], PARAMS, torch.Generator().manual_seed(0))[0]
+    return prompt + gen.tokens
+
+
+def run(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, reuse: bool, seed: int) -> tuple[float, int]:
+    policy.prefix_reuse = reuse
+    t0 = time.perf_counter()
+    outs = policy.generate(prompts, [new_tokens] * len(prompts), PARAMS, torch.Generator().manual_seed(seed))
+    return time.perf_counter() - t0, sum(len(o.tokens) for o in outs)
+
+
+def bench(policy: HFPolicy, dtype: str, args) -> list[dict]:
+    b = args.batch
+    policy.eos_ids = set()  # every row generates exactly its budget
+    parent = parent_sequence(policy, args.prefix_len)
+    fresh_prompt = parent[: args.fresh_prompt_len]
+    fresh_new = args.prefix_len + args.new_tokens - args.fresh_prompt_len
+    cases = {  # name: (prompts, new tokens per row, prefix reuse)
+        "(a) branch, re-encode prefix": ([parent] * b, args.new_tokens, False),
+        "(b) branch, shared prefix": ([parent] * b, args.new_tokens, True),
+    }
+    if not args.skip_fresh:
+        cases["(c) fresh rollout"] = ([fresh_prompt] * b, fresh_new, True)
+    prefill = {name: [] for name in cases}
+    times = {name: [] for name in cases}
+    tokens = {}
+    run(policy, [parent] * b, 2, True, 0)  # warm-up
+    for rep in range(args.repeats):
+        for name, (prompts, new, reuse) in cases.items():  # interleaved: load bursts hit every case
+            prefill[name].append(run(policy, prompts, 1, reuse, rep)[0])
+            t, n = run(policy, prompts, new, reuse, rep)
+            times[name].append(t)
+            tokens[name] = n // b
+            print(f"  {dtype} rep {rep} {name}: {t:.2f} s (prefill {prefill[name][-1]:.2f} s)", flush=True)
+    rows = []
+    base = statistics.median(times["(a) branch, re-encode prefix"])
+    for name, (prompts, _, _) in cases.items():
+        t = statistics.median(times[name])
+        rows.append({
+            "dtype": dtype, "case": name, "batch": b, "prompt_len": len(prompts[0]), "new_tokens_per_row": tokens[name],
+            "prefill_s": statistics.median(prefill[name]), "total_s": t, "s_per_row": t / b,
+            "speedup_vs_a": base / t, "times": times[name],
+        })
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=8, help="branches forked at the same point (B)")
+    ap.add_argument("--prefix-len", type=int, default=512, help="tokens before the fork, prompt included")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens each branch generates")
+    ap.add_argument("--fresh-prompt-len", type=int, default=64, help="prompt length of the fresh rollout (c)")
+    ap.add_argument("--skip-fresh", action="store_true", help="skip the fresh rollout (c), the slowest case")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after one warm-up")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write results to this JSON file")
+    args = ap.parse_args()
+    setup(args.threads)
+    env = environment()
+    env["uptime_start"] = os.popen("uptime").read().strip()
+
+    rows = []
+    for dtype in args.dtypes:
+        policy = HFPolicy.load(ModelConfig(path="default", dtype=dtype), log=lambda *_: None)
+        rows += bench(policy, dtype, args)
+        del policy
+
+    env["uptime_end"] = os.popen("uptime").read().strip()
+    print(f"\nSmolLM2-135M-Instruct, {env['threads']} threads, torch {env['torch']}, transformers "
+          f"{env['transformers']}; B={args.batch} rows, median of {args.repeats}.\n"
+          f"load: start `{env['uptime_start']}`; end `{env['uptime_end']}`\n")
+    print(markdown_table(rows, ["dtype", "case", "batch", "prompt_len", "new_tokens_per_row", "prefill_s", "total_s",
+                                "s_per_row", "speedup_vs_a"]))
+    write_json(args.json, {"env": env, "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
