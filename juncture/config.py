@@ -77,11 +77,139 @@ class RewardConfig(_Section):
     invalid_format_reward: float = Field(0.0, description="reward when no <answer> is given")
 
 
+class BranchConfig(_Section):
+    """How a branch is cut from its source rollout (appo.md §6).
+
+    The tool-call budget of a branch always counts the calls in its response prefix only (fix of
+    spec defect D4); the reference's `full_prefix` count is deliberately not offered.
+    """
+
+    include_token: bool = Field(True, description="keep the selected token in the prefix; false resamples it")
+    train_on_branch_rows: bool = Field(
+        False, description="train a branch's own tokens (after the fork) with its branch advantage; the prefix stays masked"
+    )
+
+
+class SelectionConfig(_Section):
+    """Pooled top-B selection of fork points per prompt, shared by every scoring strategy (appo.md §5.2).
+
+    The spec's `selection.strategy` ablation switch is the `algorithm.branching` name here:
+    bs = appo, entropy_only = entropy, omega_only = omega, random = random, tool_boundary = tool_boundary.
+    """
+
+    require_positive_z: bool = Field(True, description="strict candidates need positive z-scores (appo, entropy, omega)")
+    exclude: list[Literal["whitespace", "punct", "tool_call_spans"]] = Field(
+        default_factory=lambda: ["whitespace"], description="token kinds that are never candidates"
+    )
+    min_distance: int = Field(0, ge=0, description="minimum token distance between fork points of one rollout")
+    max_per_rollout: int | None = Field(None, ge=1, description="at most this many fork points per rollout; null = no quota")
+    fallback: Literal["fill_then_duplicate", "fill_only", "none"] = Field(
+        "fill_then_duplicate", description="when strict candidates run short: fill with the best others, then repeat points"
+    )
+
+
+class OmegaBSConfig(_Section):
+    """Ω^BS, the discounted future likelihood gain used to pick branch points (appo.md §4, fix of D2).
+
+    `post_update` is not offered: Ω measured after this step's update lives on this step's tokens,
+    which are never candidates again; `previous_step` measures that same update on the next samples.
+    """
+
+    reference_policy: Literal["previous_step", "frozen_ref", "rollout_engine"] = Field(
+        "previous_step",
+        description="previous_step: weights before the last update; frozen_ref: the initial policy; "
+        "rollout_engine: the sampler's own log-probs (the reference's degenerate choice)",
+    )
+    gamma: float = Field(1.0, gt=0, le=1)
+    window: int | None = Field(None, ge=1, description="sum only the next `window` tokens; null = to the end")
+    clip: tuple[float, float] = (0.8, 1.2)
+
+    @model_validator(mode="after")
+    def _check(self) -> OmegaBSConfig:
+        if not 0 < self.clip[0] <= self.clip[1]:
+            raise ValueError("omega_bs.clip must be [lo, hi] with 0 < lo <= hi")
+        return self
+
+
+class ToolBoundaryConfig(_Section):
+    """ARPO-style branching at tool boundaries (baselines.md §3), applied after the rollouts finish.
+
+    Candidates are the first response token and the first model token after each tool result. With
+    `branch_probability` set, ARPO's rule marks a boundary as preferred with probability
+    clip(α + w·ΔH, 0, 1), ΔH = (Σ H over the first k tokens after the result − the same over the
+    response's first k tokens) / log(vocab), computed on the segment after the result itself (no
+    one-step lag) against this rollout's own start (no baseline carried across steps). ARPO's
+    beam_size = 2 is built in: a point gets a second branch only through the duplicate fallback.
+    """
+
+    rank: Literal["entropy", "random"] = "entropy"
+    branch_probability: float | None = Field(None, ge=0, le=1, description="α; null = every boundary is preferred")
+    entropy_weight: float = Field(0.2, description="w")
+    entropy_window: int = Field(20, ge=1, description="k tokens per segment")
+
+
+class AdvantageConfig(_Section):
+    """APPO's dual-group advantages (appo.md §7.2); the reference's no-op reward scale M (D3) is not ported."""
+
+    prefix_credit: bool = Field(True, description="add the mean branch advantage to the shared prefix of the source")
+    branch_norm: Literal["pooled", "per_source", "per_point"] = Field(
+        "pooled", description="pooled: all branches of the prompt; per_source / per_point: the source rollout and "
+        "its branches (from the same fork point)"
+    )
+
+
+class OmegaLossConfig(_Section):
+    """Procedure-level scaling Ã = A·(1 + b·Ω^loss) inside the loss (appo.md §8); used when credit=appo."""
+
+    weight_b: float = Field(1.0, ge=0, description="b; 0 disables the scaling")
+    decay_rate: float = Field(64.0, gt=0, description="half-life in tokens: γ = 2^(-1/decay_rate)")
+    clip: float = Field(0.2, ge=0)
+    clip_high_only: bool = Field(True, description="Ω in [1, 1+clip] instead of [1-clip, 1+clip]")
+    safety_thresh: float = Field(6.0, gt=0, description="Ω <= 1 where A < 0 and the ratio exceeds this")
+    participation_c: float = Field(3.0, gt=1, description="only tokens with ratio <= c enter the future KL")
+    normalize_by_1_plus_b: bool = Field(False, description="juncture extension: divide Ã by 1 + b")
+
+
 class AlgorithmConfig(_Section):
-    branching: str = "none"
-    credit: str = "grpo"
-    group_size: int = Field(4, ge=1, description="rollouts per prompt")
+    """Where to branch (`branching`) and how to assign credit (`credit`), with their knobs.
+
+    Token entropy is always the exact full-vocabulary entropy of the sampling distribution, so the
+    spec's `entropy.source=topk` approximation is not offered.
+    """
+
+    branching: str = Field("none", description="none, random, entropy, omega, tool_boundary or appo")
+    credit: str = Field("grpo", description="grpo or appo")
+    group_size: int = Field(4, ge=1, description="rows per prompt, initial rollouts and branches together (n)")
+    n_initial: int | None = Field(None, ge=1, description="initial rollouts per prompt (N_init); null = group_size")
     norm_adv_by_std: bool = True
+    branch: BranchConfig = BranchConfig()
+    selection: SelectionConfig = SelectionConfig()
+    omega_bs: OmegaBSConfig = OmegaBSConfig()
+    omega_degenerate: Literal["entropy_only", "fallback", "error"] = Field(
+        "entropy_only", description="when std(Ω) ≈ 0 in a rollout: rank it by entropy, leave it to the fallback, or fail"
+    )
+    tool_boundary: ToolBoundaryConfig = ToolBoundaryConfig()
+    advantage: AdvantageConfig = AdvantageConfig()
+    omega_loss: OmegaLossConfig = OmegaLossConfig()
+
+    @property
+    def initial_per_group(self) -> int:
+        return self.n_initial or self.group_size
+
+    @property
+    def branch_budget(self) -> int:
+        """B = n − N_init branches per prompt."""
+        return self.group_size - self.initial_per_group
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmConfig:
+        if self.initial_per_group > self.group_size:
+            raise ValueError("algorithm.n_initial must be <= algorithm.group_size")
+        if self.branching == "none" and self.branch_budget:
+            raise ValueError("algorithm.n_initial < group_size needs a branching strategy (branching=none has no branches)")
+        if self.branching != "none" and not self.branch_budget:
+            raise ValueError(f"algorithm.branching={self.branching} needs algorithm.n_initial < group_size")
+        return self
 
 
 class LossConfig(_Section):
@@ -170,8 +298,8 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    tree: dict = {}
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each `dotted.key=value` (value parsed as YAML) in `data`; a value replaces, never merges."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -182,15 +310,8 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
-        _set_dotted(tree, key.strip(), value)
-    return tree
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+        _set_dotted(data, key.strip(), value)
+    return data
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -223,7 +344,7 @@ def builtin_config(name: str) -> Path:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load `path` (default: the packaged quickstart) and apply `key=value` overrides."""
     path = builtin_config("quickstart") if path is None else Path(path)
-    data = _merge(read_yaml(path), parse_overrides(overrides or []))
+    data = apply_overrides(read_yaml(path), overrides or [])
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
