@@ -18,7 +18,9 @@ from juncture.train.rl import Trainer
 
 
 def toy_config(tiny_model_dir, tmp_path, *extra):
+    """GRPO on the tiny model (the quickstart's default algorithm is APPO)."""
     return load_config(None, [
+        "algorithm.branching=none", "algorithm.credit=grpo", "algorithm.n_initial=null",
         f"run_dir={tmp_path / 'run'}", f"model.path={tiny_model_dir}", "model.dtype=float32",
         "task.name=toy:even_tokens", "task.train_size=64", "task.eval_size=4", "agent.tools=[]", "agent.prompt=plain",
         "agent.max_new_tokens=16", "agent.max_turn_tokens=16", "algorithm.group_size=8", "train.prompts_per_step=4",

@@ -1,6 +1,13 @@
-"""Branching strategies: choose where to fork new rollouts from existing ones."""
+"""Branching strategies: choose where to fork new rollouts from finished initial ones."""
 
-from juncture.branching import none  # noqa: F401  (registers "none")
-from juncture.branching.base import BRANCHING, BranchingStrategy, ForkPoint
+from juncture.branching import appo, entropy, none, random_points, tool_boundary  # noqa: F401  (register)
+from juncture.branching.base import (
+    BRANCHING,
+    BranchContext,
+    BranchingStrategy,
+    ForkPoint,
+    make_branch,
+    uses_omega,
+)
 
-__all__ = ["BRANCHING", "BranchingStrategy", "ForkPoint"]
+__all__ = ["BRANCHING", "BranchContext", "BranchingStrategy", "ForkPoint", "make_branch", "uses_omega"]

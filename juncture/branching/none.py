@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from juncture.branching.base import BRANCHING, ForkPoint
+from juncture.branching.base import BRANCHING, BranchContext, ForkPoint
 from juncture.tree import Trajectory
 
 
 @BRANCHING.register("none")
-def no_branching(trajs: list[Trajectory], budget_per_group: int) -> list[ForkPoint]:
+def no_branching(trajs: list[Trajectory], budget_per_group: int, ctx: BranchContext) -> list[ForkPoint]:
     return []

@@ -1,4 +1,9 @@
-"""GRPO: each rollout's reward relative to its group (same prompt), broadcast to its tokens."""
+"""GRPO: each rollout's reward relative to its group (same prompt), broadcast to its tokens.
+
+With branching, branch rows are ordinary group members for the baseline and are trained per
+`branch.train_on_branch_rows` (their suffix only); ARPO's soft attribution, which also trains
+every branch's copy of the shared prefix, is not reproduced.
+"""
 
 from __future__ import annotations
 
@@ -24,4 +29,4 @@ def grpo(trajs: list[Trajectory], cfg: AlgorithmConfig) -> list[np.ndarray]:
         rewards = np.array([t.reward for t in group], dtype=np.float64)
         for t, a in zip(group, group_relative(rewards, cfg.norm_adv_by_std), strict=True):
             value[t.traj_id] = float(a)
-    return [token_advantages(t, value[t.traj_id]) for t in trajs]
+    return [token_advantages(t, value[t.traj_id], cfg) for t in trajs]

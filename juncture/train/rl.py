@@ -1,7 +1,12 @@
 """The RL step: rollouts → branches → rewards → credit → loss → optimizer, with checkpoints.
 
+Per prompt, N_init initial rollouts run to completion; the branching strategy then picks
+B = n − N_init fork points among them, and each branch continues from its parent's prefix with
+the same agent loop (tool results in the prefix are reused, never re-executed).
+
 Every source of randomness in a step is seeded from (seed, step), so a run resumed from a
-checkpoint repeats exactly the steps an uninterrupted run would have taken.
+checkpoint repeats exactly the steps an uninterrupted run would have taken; the weights Ω^BS
+compares against (`previous_step`) are checkpointed beside the model for that reason.
 """
 
 from __future__ import annotations
@@ -9,17 +14,21 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import logging
+import os
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_model, save_model
 
 from juncture.agent import AgentLimits, continue_rollouts, new_trajectories
-from juncture.branching import BRANCHING
+from juncture.branching import BRANCHING, BranchContext, make_branch, uses_omega
+from juncture.branching.spans import fork_metrics
 from juncture.config import RunConfig
-from juncture.credit import CREDIT
+from juncture.credit import CREDIT, train_mask
 from juncture.policy.hf import HFPolicy
 from juncture.rewards import compute_reward
 from juncture.tasks import Task
@@ -28,6 +37,8 @@ from juncture.train.checkpoint import latest_checkpoint, load_trainer_state, sav
 from juncture.train.loss import policy_loss, token_weights
 from juncture.train.metrics import MetricsLogger
 from juncture.tree import Source, Trajectory
+
+log = logging.getLogger(__name__)
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
@@ -81,6 +92,7 @@ class Trainer:
         self.limits = AgentLimits.from_config(cfg.agent)
         self.branching = BRANCHING.get(cfg.algorithm.branching)
         self.credit = CREDIT.get(cfg.algorithm.credit)
+        self.omega_ref = cfg.algorithm.omega_bs.reference_policy if uses_omega(self.branching) else None
         model = policy.model
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
@@ -89,7 +101,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
         )
-        self.ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.loss.kl_coef > 0 else None
+        needs_ref = cfg.loss.kl_coef > 0 or self.omega_ref == "frozen_ref"
+        self.ref_model = _frozen_copy(model) if needs_ref else None  # the initial policy
+        self.prev_model = None  # weights before the last update (Ω^BS previous_step); none before step 1
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsLogger(run_dir, cfg.logging, cfg.model_dump(mode="json"))
         self.start_step = 0
@@ -111,6 +125,12 @@ class Trainer:
         self.start_step = info["step"]
         self.tokens_generated = info.get("tokens_generated", 0)
         self.metrics.truncate_after(self.start_step)
+        previous = self._previous_path(self.start_step)
+        if self.omega_ref == "previous_step" and previous.is_file():
+            self.prev_model = _frozen_copy(self.policy.model)
+            load_model(self.prev_model, str(previous))
+        elif self.omega_ref == "previous_step":
+            log.warning("%s is missing: Ω^BS has no reference on the first resumed step", previous.name)
         return True
 
     # ---- one step -----------------------------------------------------------------------
@@ -120,21 +140,54 @@ class Trainer:
         return [self.train_tasks[i] for i in rng.choice(len(self.train_tasks), size=k, replace=False)]
 
     def rollout(self, step: int) -> tuple[list[Trajectory], dict]:
-        cfg = self.cfg
+        """N_init rollouts per prompt, then B branches per prompt from the strategy's fork points, all scored."""
+        cfg, alg = self.cfg, self.cfg.algorithm
         gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, 2))
         t0 = time.perf_counter()
-        trajs = new_trajectories(self.policy.tokenizer, self.sample_tasks(step), cfg.algorithm.group_size, cfg.agent, step)
-        continue_rollouts(self.policy, trajs, self.tools, self.limits, cfg.sampling, gen)
-        forks = self.branching(trajs, 0)
-        branches = [fp.parent.branch(fp.position, f"{fp.parent.traj_id}-b{i}") for i, fp in enumerate(forks)]
+        tasks = self.sample_tasks(step)
+        initial = new_trajectories(self.policy.tokenizer, tasks, alg.initial_per_group, cfg.agent, step)
+        continue_rollouts(self.policy, initial, self.tools, self.limits, cfg.sampling, gen)
+        t1 = time.perf_counter()
+        ctx = BranchContext(alg, np.random.default_rng(step_seed(cfg.train.seed, step, 3)), self.policy.tokenizer,
+                            self._omega_log_ratio)
+        forks = self.branching(initial, alg.branch_budget, ctx) if alg.branch_budget else []
+        branches = [make_branch(fp, f"{fp.parent.traj_id}-b{i}", alg.branch.include_token) for i, fp in enumerate(forks)]
+        for fp, b in zip(forks, branches, strict=True):
+            b.metadata["fork_origin"] = fp.origin
+        inherited_calls = sum(len(b.tool_calls) for b in branches)
+        t2 = time.perf_counter()
         if branches:
             continue_rollouts(self.policy, branches, self.tools, self.limits, cfg.sampling, gen)
-        trajs += branches
+        t3 = time.perf_counter()
+        trajs = initial + branches
         score_rollouts(trajs, self.task_index, cfg, self.policy.tokenizer)
-        new_tokens = sum(t.model_tokens_after(t.fork_pos) if t.fork_pos is not None else t.num_model_tokens
-                         for t in trajs)
-        self.tokens_generated += new_tokens
-        return trajs, {"time/rollout_s": time.perf_counter() - t0, "rollout/new_tokens": new_tokens}
+        new_init = sum(t.num_model_tokens for t in initial)
+        new_branch = sum(b.model_tokens_after(b.fork_pos) for b in branches)
+        self.tokens_generated += new_init + new_branch
+        metrics = {
+            "time/rollout_s": time.perf_counter() - t0, "time/branch_select_s": t2 - t1,
+            "time/branch_rollout_s": t3 - t2, "rollout/new_tokens": new_init + new_branch,
+            "rollout/new_tokens_initial": new_init, "rollout/new_tokens_branch": new_branch,
+            "rollout/rows_per_prompt": len(trajs) / max(len(tasks), 1), **ctx.metrics, **fork_metrics(forks, ctx.piece),
+        }
+        if branches:
+            parents = {t.traj_id: t for t in initial}
+            metrics["fork/reward_minus_source"] = float(np.mean([b.reward - parents[b.parent_id].reward for b in branches]))
+            metrics["branches/new_tool_calls"] = (sum(len(b.tool_calls) for b in branches) - inherited_calls) / len(branches)
+        return trajs, metrics
+
+    def _omega_log_ratio(self, trajs: list[Trajectory]) -> list[np.ndarray] | None:
+        """log π_cur − log π_ref per token for Ω^BS, both sides from the training forward except
+        `rollout_engine`, whose reference is the sampler's own log-probs (the reference code's D2)."""
+        ref = self.omega_ref
+        if ref == "previous_step" and self.prev_model is None:
+            return None
+        cur = self._rows_logprobs(self.policy.model, trajs)
+        if ref == "rollout_engine":
+            old = [np.asarray(t.logprobs, dtype=np.float32) for t in trajs]
+        else:
+            old = self._rows_logprobs(self.prev_model if ref == "previous_step" else self.ref_model, trajs)
+        return [c - o for c, o in zip(cur, old, strict=True)]
 
     def _rows_logprobs(self, model, rows: list[Trajectory]) -> list[np.ndarray]:
         """Full-length log-prob arrays of `rows` under `model` (no grad), micro-batched."""
@@ -156,19 +209,21 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         advs = self.credit(trajs, cfg.algorithm)
-        rows = [(t, a) for t, a in zip(trajs, advs, strict=True) if any(t.loss_mask)]
+        masks = [train_mask(t, cfg.algorithm) for t in trajs]
+        rows = [(t, a, m) for t, a, m in zip(trajs, advs, masks, strict=True) if m.any()]
         if not rows:
             return {"time/update_s": 0.0}
+        self._snapshot_previous()
         model = self.policy.model
         model.train()
         n_up = min(cfg.train.updates_per_step, len(rows))
-        old = self._rows_logprobs(model, [t for t, _ in rows]) if n_up > 1 else None
-        ref = self._rows_logprobs(self.ref_model, [t for t, _ in rows]) if self.ref_model is not None else None
+        old = self._rows_logprobs(model, [t for t, _, _ in rows]) if n_up > 1 else None
+        ref = self._rows_logprobs(self.ref_model, [t for t, _, _ in rows]) if cfg.loss.kl_coef > 0 else None
         sums: dict[str, float] = defaultdict(float)
         grad_norms = []
         mini = np.array_split(np.arange(len(rows)), n_up)
         for idx in mini:
-            weights = token_weights([np.asarray(rows[i][0].loss_mask) for i in idx], cfg.loss.agg, cfg.agent.max_new_tokens)
+            weights = token_weights([rows[i][2] for i in idx], cfg.loss.agg, cfg.agent.max_new_tokens)
             self.optimizer.zero_grad(set_to_none=True)
             for start in range(0, len(idx), cfg.train.micro_batch_size):
                 sel = idx[start : start + cfg.train.micro_batch_size]
@@ -193,25 +248,48 @@ class Trainer:
 
     def _micro_step(self, rows, weights, old, ref) -> dict[str, float]:
         cfg = self.cfg
-        trajs = [t for t, _ in rows]
+        trajs = [t for t, _, _ in rows]
         packed = pack(trajs, self.policy.pad_id)
         with self.policy.autocast():
             logp, entropy = score(self.policy.model, packed, cfg.sampling.temperature, with_entropy=cfg.loss.entropy_coef > 0)
         rollout_logp = packed.tail([np.asarray(t.logprobs) for t in trajs])
         old_logp = packed.tail(old) if old is not None else logp.detach()
+        w = packed.tail(weights)
         loss, stats = policy_loss(
-            logp, old_logp, packed.tail([a for _, a in rows]), packed.tail(weights), cfg.loss,
+            logp, old_logp, packed.tail([a for _, a, _ in rows]), w, cfg.loss,
             ref_logp=packed.tail(ref) if ref is not None else None, entropy=entropy,
+            omega=cfg.algorithm.omega_loss if cfg.algorithm.credit == "appo" else None,
         )
         loss.backward()
-        mask = packed.loss_mask
+        mask = (w > 0).float()
         stats["rollout_logp_abs_diff"] = ((logp.detach() - rollout_logp).abs() * mask).sum()
         stats["loss"] = loss.detach()
         return {k: float(v) for k, v in stats.items()}
 
+    def _snapshot_previous(self) -> None:
+        """Keep the weights about to be updated: Ω^BS previous_step compares the next samples against them."""
+        if self.omega_ref != "previous_step":
+            return
+        if self.prev_model is None:
+            self.prev_model = _frozen_copy(self.policy.model)
+        else:
+            self.prev_model.load_state_dict(self.policy.model.state_dict())
+
+    def _previous_path(self, step: int) -> Path:
+        return self.ckpt_dir / f"previous_step_{step:06d}.safetensors"
+
     def save(self, step: int) -> None:
+        if self.prev_model is not None:  # written first: a checkpoint never exists without it
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self._previous_path(step).with_suffix(".tmp")
+            save_model(self.prev_model, str(tmp))
+            os.replace(tmp, self._previous_path(step))
         save_checkpoint(self.ckpt_dir, step, self.policy.model, self.policy.tokenizer, self.optimizer, self.scheduler,
                         {"tokens_generated": self.tokens_generated}, self.cfg.train.keep_checkpoints)
+        kept = {p.name for p in self.ckpt_dir.glob("step_*")}
+        for f in self.ckpt_dir.glob("previous_step_*.safetensors"):
+            if f.stem.replace("previous_", "") not in kept:
+                f.unlink()
 
     def log_rollouts(self, step: int, trajs: list[Trajectory]) -> None:
         out = self.run_dir / "rollouts"
@@ -223,7 +301,15 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         trajs, metrics = self.rollout(step)
         metrics.update(rollout_stats([t for t in trajs if t.kind == "initial"]))
+        metrics.update(rollout_stats([t for t in trajs if t.kind == "branch"], "branches"))
         metrics.update(self.update(trajs))
         metrics["tokens_generated_total"] = self.tokens_generated
         self.log_rollouts(step, trajs)
         return metrics
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    for p in frozen.parameters():
+        p.grad = None
+    return frozen
