@@ -59,7 +59,10 @@ def branch_prompts(policy) -> list[list[int]]:
 def test_rows_sharing_a_prompt(policy):
     header = rand_tokens(200, 2)
     groups = [header + rand_tokens(12, 3), header + rand_tokens(7, 4)]
-    assert_same_as_plain(policy, [groups[0]] * 3 + [groups[1]] * 3, [16, 9, 16, 4, 16, 12])
+    prompts = [groups[0]] * 3 + [groups[1]] * 3
+    shared = policy._prefill(prompts)[3]
+    assert shared is not None and shared.keys[0].shape[:3] == (1, 2, 200)  # decoding reads the header once
+    assert_same_as_plain(policy, prompts, [16, 9, 16, 4, 16, 12])
 
 
 def test_rows_of_different_lengths_sharing_a_long_prefix(policy):
@@ -78,6 +81,14 @@ def test_rows_without_a_common_prefix(policy, always_tree):
 
 def test_batch_of_one(policy, always_tree):
     assert_same_as_plain(policy, [rand_tokens(50, 6)])
+
+
+def test_bf16_shared_prefix_decoding_runs(tiny_model_dir):
+    pol = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16"))
+    prompts = branch_prompts(pol)
+    gens = pol.generate(prompts, [10] * len(prompts), SamplingParams(), torch.Generator().manual_seed(0))
+    for g in gens:
+        assert 0 < len(g.tokens) == len(g.logprobs) <= 10 and all(np.isfinite(g.logprobs + g.entropies))
 
 
 def test_cost_model_skips_the_tree_when_nothing_is_shared(policy):

@@ -80,15 +80,19 @@ class HFPolicy:
         was_training = self.gen_model.training
         self.gen_model.eval()
         try:
-            return self._generate(prompts, max_new_tokens, params, generator)
+            cache, mask, logits, prefix = self._prefill(prompts)
+            if prefix is None:
+                return self._decode(prompts, cache, mask, logits, None, max_new_tokens, params, generator)
+            with prefix_cache.attention_implementation(self.gen_model, prefix_cache.ATTENTION):
+                return self._decode(prompts, cache, mask, logits, prefix, max_new_tokens, params, generator)
         finally:
             self.gen_model.train(was_training)
 
     def _prefill(self, prompts):
-        """KV cache, attention mask and last-token logits of the prompts, left-padded to one width.
+        """KV cache, attention mask, last-token logits of the prompts (left-padded), and any SharedPrefix.
 
         Shared prefixes are encoded once (see prefix_cache) where that is cheaper than one
-        padded forward over every full prompt.
+        padded forward over every full prompt; the prefix common to all rows then stays apart.
         """
         tree = prefix_cache.plan(prompts, self.device) if self.prefix_reuse else None
         if tree is not None:
@@ -105,12 +109,11 @@ class HFPolicy:
             input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
-        return cache, mask, logits
+        return cache, mask, logits, None
 
-    def _generate(self, prompts, max_new_tokens, params, generator) -> list[Generation]:
+    def _decode(self, prompts, cache, mask, logits, prefix, max_new_tokens, params, generator) -> list[Generation]:
         device = self.device
         n = len(prompts)
-        cache, mask, logits = self._prefill(prompts)
         next_pos = torch.tensor([len(p) for p in prompts], device=device)
         outs = [Generation() for _ in range(n)]
         texts = [""] * n
@@ -151,7 +154,7 @@ class HFPolicy:
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             logits = self.gen_model(
                 input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True,
+                past_key_values=cache, use_cache=True, shared_prefix=prefix,
             ).logits[:, -1]
             next_pos = next_pos + 1
         return outs

@@ -4,8 +4,12 @@ All rollouts of a group share their prompt, every prompt shares the few-shot hea
 branches share their parent's tokens up to the fork point. A radix tree over the prompts
 finds these shared spans; a depth-first walk encodes each span once at batch 1, growing one
 KV cache and cropping it back when it returns to a fork, and copies each prompt's KV into a
-left-padded batch cache: the layout the plain padded prefill produces, so decoding (and its
-numerics) is unchanged.
+left-padded batch cache: the layout the plain padded prefill produces.
+
+The prefix common to all prompts is kept once (`SharedPrefix`) rather than copied into every
+row: each decode step would otherwise copy it (DynamicCache concatenates) and read it once
+per row, which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
+attends to it once for all rows and to each row's own KV, in one softmax.
 
 The walk runs one forward per tree node, so it only pays where the tokens it saves outweigh
 the per-forward overhead; `plan` decides with a simple token-count cost model.
@@ -14,16 +18,21 @@ the per-forward overhead; `plan` decides with a simple token-count cost model.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # What one extra forward costs, in prompt tokens' worth of compute. On CPU a forward's fixed
 # cost (30 layers of Python and small kernels) is worth a few dozen tokens; on an accelerator
 # one padded batch forward is nearly free next to many sequential batch-1 ones.
 FORWARD_OVERHEAD_TOKENS = {"cpu": 32}
 ACCELERATOR_OVERHEAD_TOKENS = 4096
+MIN_SHARED_PREFIX = 16  # below this, keeping the common prefix apart saves less than it costs
+ATTENTION = "juncture_shared_prefix"
 
 
 @dataclass
@@ -72,13 +81,27 @@ def plan(prompts: list[list[int]], device: torch.device) -> Node | None:
     return root if tree_cost < padded_cost else None
 
 
+@dataclass
+class SharedPrefix:
+    """KV of the tokens every row starts with, held once: per layer [1, kv_heads, length, head_dim]."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+
 def tree_prefill(model, prompts: list[list[int]], root: Node):
-    """Encode the tree; returns (left-padded batch cache, attention mask, last-token logits per prompt)."""
+    """Encode the tree; returns (row cache, row attention mask, last-token logits, SharedPrefix or None).
+
+    Rows hold their tokens after the shared prefix, left-padded to one width; positions
+    still count from each prompt's start.
+    """
     n, width = len(prompts), max(map(len, prompts))
+    split = root.end if root.end >= MIN_SHARED_PREFIX else 0
     device = next(model.parameters()).device
     walk = DynamicCache()
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     logits: list[torch.Tensor | None] = [None] * n
+    prefix = SharedPrefix([], [])
 
     def visit(node: Node) -> None:
         if node.end > node.start:
@@ -86,20 +109,67 @@ def tree_prefill(model, prompts: list[list[int]], root: Node):
             pos = torch.arange(node.start, node.end, device=device)[None]
             last = model(input_ids=ids, position_ids=pos, past_key_values=walk, use_cache=True,
                          logits_to_keep=1).logits[0, -1]
+        if node is root and split:
+            prefix.keys.extend(k[:, :, :split] for k, _, _ in walk)  # never written in place: safe to share
+            prefix.values.extend(v[:, :, :split] for _, v, _ in walk)
         if not batch_kv:
-            batch_kv.extend((k.new_zeros((n, *k.shape[1:2], width, k.shape[-1])),
-                             v.new_zeros((n, *v.shape[1:2], width, v.shape[-1]))) for k, v, _ in walk)
+            batch_kv.extend((k.new_zeros((n, k.shape[1], width - split, k.shape[-1])),
+                             v.new_zeros((n, v.shape[1], width - split, v.shape[-1]))) for k, v, _ in walk)
         for i in node.ends_here:
             logits[i] = last
             for (bk, bv), (k, v, _) in zip(batch_kv, walk, strict=True):
-                bk[i, :, width - node.end :] = k[0]
-                bv[i, :, width - node.end :] = v[0]
+                bk[i, :, width - node.end :] = k[0, :, split:]
+                bv[i, :, width - node.end :] = v[0, :, split:]
         for child in node.children:
             visit(child)
             walk.crop(node.end - walk.get_seq_length())
 
     visit(root)
-    mask = torch.zeros((n, width), dtype=torch.long, device=device)
+    mask = torch.zeros((n, width - split), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
-    return DynamicCache(ddp_cache_data=batch_kv), mask, torch.stack(logits)
+    return DynamicCache(ddp_cache_data=batch_kv), mask, torch.stack(logits), prefix if split else None
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                            shared_prefix: SharedPrefix | None = None, **kwargs):
+    """One decode step's attention over [shared prefix] + [each row's own KV]; SDPA for anything else.
+
+    The query heads that share a KV head, of all rows, are stacked as query rows against the
+    single prefix copy, so the prefix is read once per step instead of once per row.
+    """
+    if shared_prefix is None or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    kp, vp = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
+    b, heads, _, dim = query.shape
+    kv_heads, p = kp.shape[1], kp.shape[2]
+    q = (query * (scaling or dim**-0.5)).reshape(b, kv_heads, heads // kv_heads, dim)
+    stacked = q.transpose(0, 1).reshape(1, kv_heads, -1, dim)  # [1, kv_heads, b * group, dim]
+    scores_prefix = (stacked @ kp.transpose(-1, -2)).view(kv_heads, b, -1, p).transpose(0, 1)
+    scores_own = q @ key.transpose(-1, -2)
+    if attention_mask is not None:  # [b, 1, 1, own length]
+        if attention_mask.dtype == torch.bool:
+            scores_own = scores_own.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores_own = scores_own + attention_mask
+    probs = torch.softmax(torch.cat([scores_prefix, scores_own], dim=-1).float(), dim=-1).to(value.dtype)
+    out = probs[..., p:] @ value
+    stacked_probs = probs[..., :p].transpose(0, 1).reshape(1, kv_heads, -1, p)
+    out += (stacked_probs @ vp).view(kv_heads, b, -1, dim).transpose(0, 1)
+    return out.reshape(b, 1, heads, dim), None
+
+
+AttentionInterface.register(ATTENTION, shared_prefix_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+@contextmanager
+def attention_implementation(model, name: str):
+    """Switch the model's attention implementation for the duration of the block."""
+    old = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(old)
