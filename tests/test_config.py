@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from juncture.config import ConfigError, RunConfig, builtin_config, dump_config, load_config, parse_overrides
+from juncture.config import ConfigError, RunConfig, apply_overrides, builtin_config, dump_config, load_config
 
 
 def test_quickstart_config_loads():
@@ -14,6 +14,11 @@ def test_overrides_are_typed_and_nested():
     cfg = load_config(None, ["train.steps=3", "optim.lr=1e-4", "agent.tools=[python, search]", "task.params.max_terms=5"])
     assert cfg.train.steps == 3 and cfg.optim.lr == 1e-4 and cfg.agent.tools == ["python", "search"]
     assert cfg.task.params["max_terms"] == 5
+
+
+def test_a_mapping_override_replaces_the_mapping():
+    assert load_config(None, ["task.params={}"]).task.params == {}
+    assert load_config(None, ["task.params={max_terms: 3}"]).task.params == {"max_terms": 3}
 
 
 def test_bad_value_names_the_key():
@@ -33,7 +38,7 @@ def test_cross_field_validation():
 
 def test_malformed_override_and_file(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
-        parse_overrides(["train.steps"])
+        apply_overrides({}, ["train.steps"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
