@@ -2,13 +2,19 @@
 
 Why: branching only pays if a branch is much cheaper than a fresh rollout. A branch's
 prompt is its parent's prompt+response up to the fork (hundreds of tokens), shared by all B
-branches forked there. This times, on SmolLM2-135M-Instruct, a `new_tokens` continuation of
-B branches from a `prefix_len`-token prefix (a) re-encoding the prefix in every row (the
-plain padded prefill) and (b) encoding it once (the shared-prefix prefill), and (c) a fresh
-rollout of B rows generating the whole response from a short prompt to the same final length.
-EOS is disabled so every row generates exactly its budget; no stop strings. Time is the
-median of `--repeats` interleaved runs after one warm-up; "prefill_s" times the same call
-with a 1-token budget.
+branches forked there. On SmolLM2-135M-Instruct this times a `new_tokens` continuation of B
+branches from a `prefix_len`-token prefix:
+
+  (a) re-encoding the prefix in every row (the plain padded prefill, `prefix_reuse=False`);
+  (b) encoding it once in the call (shared-prefix prefill and decoding, KV store empty);
+  (b+) with the parent's KV kept by the KV store from the call that generated the parent;
+  (c) a fresh rollout: B rows generating the whole response from a short prompt, to the same length;
+and the agent loop's next turn, each row's prompt = prefix + its (b) response + a tool result:
+  (d) re-encoding each row's history (store empty), (e) with the KV store from the (b) call.
+
+EOS is disabled so every row generates exactly its budget; no stop strings. Times are medians
+of `--repeats` interleaved runs after one warm-up; "prefill_s" times the same call with a
+1-token budget.
 
     .venv/bin/python bench/branch_cost.py [--batch 8] [--prefix-len 512] [--new-tokens 128]
         [--fresh-prompt-len 64] [--dtypes float32 bfloat16] [--repeats 3] [--json runs/bench/branch_cost.json]
@@ -20,17 +26,20 @@ import argparse
 import os
 import statistics
 import time
+from collections import OrderedDict
 
 import torch
 from common import environment, markdown_table, setup, write_json
 
 from juncture.agent.loop import encode_prompt
+from juncture.agent.protocol import result_text
 from juncture.config import ModelConfig, load_config
 from juncture.policy.base import SamplingParams
 from juncture.policy.hf import HFPolicy
 from juncture.tasks import build_tasks
 
 PARAMS = SamplingParams(temperature=1.0)
+TOOL_RESULT = result_text("42")
 
 
 def parent_sequence(policy: HFPolicy, length: int) -> list[int]:
@@ -44,44 +53,60 @@ def parent_sequence(policy: HFPolicy, length: int) -> list[int]:
     return prompt + gen.tokens
 
 
-def run(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, reuse: bool, seed: int) -> tuple[float, int]:
+def run(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, reuse: bool, seed: int):
     policy.prefix_reuse = reuse
     t0 = time.perf_counter()
     outs = policy.generate(prompts, [new_tokens] * len(prompts), PARAMS, torch.Generator().manual_seed(seed))
-    return time.perf_counter() - t0, sum(len(o.tokens) for o in outs)
+    return time.perf_counter() - t0, outs
 
 
 def bench(policy: HFPolicy, dtype: str, args) -> list[dict]:
-    b = args.batch
+    b, store = args.batch, policy.kv_store
     policy.eos_ids = set()  # every row generates exactly its budget
     parent = parent_sequence(policy, args.prefix_len)
-    fresh_prompt = parent[: args.fresh_prompt_len]
+    tool = policy.tokenizer.encode(TOOL_RESULT, add_special_tokens=False)
     fresh_new = args.prefix_len + args.new_tokens - args.fresh_prompt_len
-    cases = {  # name: (prompts, new tokens per row, prefix reuse)
-        "(a) branch, re-encode prefix": ([parent] * b, args.new_tokens, False),
-        "(b) branch, shared prefix": ([parent] * b, args.new_tokens, True),
-    }
-    if not args.skip_fresh:
-        cases["(c) fresh rollout"] = ([fresh_prompt] * b, fresh_new, True)
-    prefill = {name: [] for name in cases}
-    times = {name: [] for name in cases}
-    tokens = {}
+    times: dict[str, list[float]] = {}
+    prefill: dict[str, list[float]] = {}
+    info: dict[str, tuple[int, int]] = {}  # case: (prompt length, tokens generated per row)
+
+    def restore(entries: OrderedDict | None):
+        store.clear()
+        for key, kv in (entries or {}).items():
+            store.put(key, kv)
+
+    def case(name, prompts, new, reuse, rep, entries=None):
+        """Time the call and its prefill alone, each from the same KV-store state."""
+        restore(entries)
+        prefill.setdefault(name, []).append(run(policy, prompts, 1, reuse, rep)[0])
+        restore(entries)
+        t, outs = run(policy, prompts, new, reuse, rep)
+        times.setdefault(name, []).append(t)
+        info[name] = (max(map(len, prompts)), sum(len(o.tokens) for o in outs) // len(outs))
+        print(f"  {dtype} rep {rep} {name}: {t:.2f} s (prefill {prefill[name][-1]:.2f} s)", flush=True)
+        return outs
+
     run(policy, [parent] * b, 2, True, 0)  # warm-up
-    for rep in range(args.repeats):
-        for name, (prompts, new, reuse) in cases.items():  # interleaved: load bursts hit every case
-            prefill[name].append(run(policy, prompts, 1, reuse, rep)[0])
-            t, n = run(policy, prompts, new, reuse, rep)
-            times[name].append(t)
-            tokens[name] = n // b
-            print(f"  {dtype} rep {rep} {name}: {t:.2f} s (prefill {prefill[name][-1]:.2f} s)", flush=True)
+    for rep in range(args.repeats):  # cases interleaved, so load bursts hit all of them
+        case("(a) branch, re-encode prefix", [parent] * b, args.new_tokens, False, rep)
+        outs = case("(b) branch, shared prefix", [parent] * b, args.new_tokens, True, rep)
+        after_b = OrderedDict(store.entries)
+        restore(None)
+        run(policy, [parent[:-1]], 1, True, rep)  # the parent's own call leaves its KV in the store
+        case("(b+) branch, parent KV kept", [parent] * b, args.new_tokens, True, rep, OrderedDict(store.entries))
+        if not args.skip_fresh:
+            case("(c) fresh rollout", [parent[: args.fresh_prompt_len]] * b, fresh_new, True, rep)
+        turn2 = [parent + o.tokens + tool for o in outs]
+        case("(d) next turn, re-encode history", turn2, args.new_tokens, True, rep)
+        case("(e) next turn, KV store", turn2, args.new_tokens, True, rep, after_b)
     rows = []
     base = statistics.median(times["(a) branch, re-encode prefix"])
-    for name, (prompts, _, _) in cases.items():
-        t = statistics.median(times[name])
+    for name, ts in times.items():
+        t = statistics.median(ts)
         rows.append({
-            "dtype": dtype, "case": name, "batch": b, "prompt_len": len(prompts[0]), "new_tokens_per_row": tokens[name],
-            "prefill_s": statistics.median(prefill[name]), "total_s": t, "s_per_row": t / b,
-            "speedup_vs_a": base / t, "times": times[name],
+            "dtype": dtype, "case": name, "batch": b, "prompt_len": info[name][0], "new_tokens_per_row": info[name][1],
+            "prefill_s": statistics.median(prefill[name]), "total_s": t, "s_per_row": t / b, "vs_a": base / t,
+            "times": ts,
         })
     return rows
 
@@ -113,7 +138,7 @@ def main() -> None:
           f"{env['transformers']}; B={args.batch} rows, median of {args.repeats}.\n"
           f"load: start `{env['uptime_start']}`; end `{env['uptime_end']}`\n")
     print(markdown_table(rows, ["dtype", "case", "batch", "prompt_len", "new_tokens_per_row", "prefill_s", "total_s",
-                                "s_per_row", "speedup_vs_a"]))
+                                "s_per_row", "vs_a"]))
     write_json(args.json, {"env": env, "args": vars(args), "rows": rows})
 
 

@@ -22,7 +22,7 @@ def policy(tiny_model_dir):
 @pytest.fixture
 def always_tree(monkeypatch):
     """Take the tree path even where the cost model would pick the padded one."""
-    monkeypatch.setattr(prefix_cache, "plan", lambda prompts, device: prefix_cache.build_tree(prompts))
+    monkeypatch.setattr(prefix_cache, "plan", lambda prompts, *_: prefix_cache.build_tree(prompts))
 
 
 def rand_tokens(n: int, seed: int) -> list[int]:
@@ -105,6 +105,63 @@ def test_tree_shares_every_common_span():
     assert (mid.start, mid.end, mid.ends_here) == (2, 3, [])
     spans = sorted((n.start, n.end, n.ends_here) for n in mid.children)
     assert spans == [(3, 4, [0, 2]), (3, 5, [1])]
+
+
+def fresh_store(policy) -> prefix_cache.KVStore:
+    policy.kv_store = prefix_cache.KVStore(1 << 30)
+    return policy.kv_store
+
+
+def cached_tokens(policy, prompts) -> int:
+    tree = prefix_cache.plan(prompts, policy.device, policy.kv_store)
+    return max(n.cached for n in prefix_cache.nodes(tree))
+
+
+def test_next_turn_reuses_the_kv_of_the_last_call(policy):
+    """Turn 2 prompts = turn 1 prompt + response + tool result: only the tool result is encoded."""
+    store = fresh_store(policy)
+    header = rand_tokens(120, 7)
+    prompts = [header + rand_tokens(10, 8)] * 2 + [header + rand_tokens(6, 9)] * 2
+    first = policy.generate(prompts, [12, 8, 12, 3], SamplingParams(), torch.Generator().manual_seed(0))
+    assert len(store.entries) == 4
+    turn2 = [p + g.tokens + rand_tokens(9, 20 + i) for i, (p, g) in enumerate(zip(prompts, first, strict=True))]
+    assert cached_tokens(policy, turn2) == max(len(p) + len(g.tokens) - 1 for p, g in zip(prompts, first, strict=True))
+    assert_same_as_plain(policy, turn2, [10, 6, 10, 10])
+    assert all(len(k) >= 130 for k in store.entries)  # turn-2 entries superseded the turn-1 ones they extend
+
+
+def test_branches_reuse_their_parent_from_the_last_call(policy):
+    fresh_store(policy)
+    prompts = branch_prompts(policy)  # generating the parent stored its KV
+    assert cached_tokens(policy, prompts) == len(prompts[-1]) - 1
+    assert_same_as_plain(policy, prompts)
+
+
+def test_store_is_dropped_when_the_weights_change(policy):
+    store = fresh_store(policy)
+    policy.generate([rand_tokens(30, 11)], [4], SamplingParams(greedy=True))
+    store.sync(policy.gen_model)
+    assert store.entries
+    with torch.no_grad():
+        next(policy.gen_model.parameters()).add_(0.0)  # any in-place update, e.g. an optimizer step
+    store.sync(policy.gen_model)
+    assert not store.entries and store.bytes == 0
+
+
+def test_store_keeps_the_longest_sequences_within_its_budget():
+    def kv(n):
+        return [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]  # 16 bytes per token
+
+    store = prefix_cache.KVStore(max_bytes=16 * 10)
+    store.put((1, 2, 3), kv(3))
+    store.put((1, 2, 3, 4), kv(4))  # extends (1, 2, 3): replaces it
+    store.put((7, 8), kv(2))
+    assert list(store.entries) == [(1, 2, 3, 4), (7, 8)] and store.bytes == 16 * 6
+    assert store.match((1, 2, 9)) == (2, (1, 2, 3, 4))
+    store.put((5, 6, 7, 8, 9), kv(5))  # over budget: the least recently used goes
+    assert list(store.entries) == [(7, 8), (5, 6, 7, 8, 9)]
+    store.put(tuple(range(11)), kv(11))  # larger than the whole budget: not kept
+    assert list(store.entries) == [(7, 8), (5, 6, 7, 8, 9)]
 
 
 def test_shared_prefill_logprobs_match_training_forward(policy):

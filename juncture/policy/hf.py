@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import nullcontext
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -27,7 +28,8 @@ class HFPolicy:
     Keeping fp32 master weights matters: pure-bf16 AdamW loses updates of size lr=1e-5.
     """
 
-    def __init__(self, model, tokenizer, dtype: str = "float32", prefix_reuse: bool = True):
+    def __init__(self, model, tokenizer, dtype: str = "float32", prefix_reuse: bool = True,
+                 kv_store_bytes: int = 1 << 30):
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = DTYPES[dtype]
@@ -36,6 +38,7 @@ class HFPolicy:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self._piece_cache: dict[int, str] = {}
         self.prefix_reuse = prefix_reuse  # False forces the plain padded prefill (for tests and benchmarks)
+        self.kv_store = prefix_cache.KVStore(kv_store_bytes) if kv_store_bytes else None  # used with prefix_reuse
 
     @classmethod
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = True) -> HFPolicy:
@@ -51,6 +54,8 @@ class HFPolicy:
         """Copy the trained weights into the sampling model after an optimizer step."""
         if self.gen_model is not self.model:
             self.gen_model.load_state_dict(self.model.state_dict())
+        if self.kv_store is not None:
+            self.kv_store.clear()  # stale now; free the memory before the next rollouts
 
     def autocast(self):
         """Context for training forwards: bf16 autocast over fp32 master weights, or nothing."""
@@ -80,23 +85,30 @@ class HFPolicy:
         was_training = self.gen_model.training
         self.gen_model.eval()
         try:
-            cache, mask, logits, prefix = self._prefill(prompts)
-            if prefix is None:
-                return self._decode(prompts, cache, mask, logits, None, max_new_tokens, params, generator)
-            with prefix_cache.attention_implementation(self.gen_model, prefix_cache.ATTENTION):
-                return self._decode(prompts, cache, mask, logits, prefix, max_new_tokens, params, generator)
+            return self._generate(prompts, max_new_tokens, params, generator)
         finally:
             self.gen_model.train(was_training)
 
-    def _prefill(self, prompts):
+    def _generate(self, prompts, max_new_tokens, params, generator) -> list[Generation]:
+        store = self.kv_store if self.prefix_reuse else None
+        if store is not None:
+            store.sync(self.gen_model)
+        cache, mask, logits, prefix = self._prefill(prompts, store)
+        shared = nullcontext() if prefix is None else prefix_cache.attention_implementation(self.gen_model,
+                                                                                            prefix_cache.ATTENTION)
+        with shared:
+            return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
+
+    def _prefill(self, prompts, store=None):
         """KV cache, attention mask, last-token logits of the prompts (left-padded), and any SharedPrefix.
 
         Shared prefixes are encoded once (see prefix_cache) where that is cheaper than one
         padded forward over every full prompt; the prefix common to all rows then stays apart.
+        Spans `store` holds from an earlier call are not encoded again.
         """
-        tree = prefix_cache.plan(prompts, self.device) if self.prefix_reuse else None
+        tree = prefix_cache.plan(prompts, self.device, store) if self.prefix_reuse else None
         if tree is not None:
-            return prefix_cache.tree_prefill(self.gen_model, prompts, tree)
+            return prefix_cache.tree_prefill(self.gen_model, prompts, tree, store)
         n, width = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -111,7 +123,7 @@ class HFPolicy:
         ).logits[:, -1]
         return cache, mask, logits, None
 
-    def _decode(self, prompts, cache, mask, logits, prefix, max_new_tokens, params, generator) -> list[Generation]:
+    def _decode(self, prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator):
         device = self.device
         n = len(prompts)
         next_pos = torch.tensor([len(p) for p in prompts], device=device)
@@ -144,6 +156,10 @@ class HFPolicy:
                     out.finish_reason = "length"
                     continue
                 keep.append(j)
+            if store is not None and len(keep) < len(rows):
+                kept = set(keep)
+                self._remember(store, [j for j in range(len(rows)) if j not in kept], rows, prompts, outs, cache,
+                               prefix)
             if not keep:
                 break
             if len(keep) < len(rows):
@@ -158,6 +174,15 @@ class HFPolicy:
             ).logits[:, -1]
             next_pos = next_pos + 1
         return outs
+
+    @staticmethod
+    def _remember(store, finished, rows, prompts, outs, cache, prefix) -> None:
+        """Keep finished rows' KV (prompt and all sampled tokens but the last) for the next call to extend."""
+        split = prefix.keys[0].shape[2] if prefix is not None else 0
+        for j in finished:
+            i = rows[j]
+            tokens = tuple(prompts[i]) + tuple(outs[i].tokens[:-1])
+            store.put(tokens, prefix_cache.row_kv(cache, j, len(tokens) - split, prefix))
 
 
 def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:

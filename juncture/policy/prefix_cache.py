@@ -11,13 +11,17 @@ row: each decode step would otherwise copy it (DynamicCache concatenates) and re
 per row, which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
 attends to it once for all rows and to each row's own KV, in one softmax.
 
+Across calls, `KVStore` keeps each finished row's KV: the agent loop calls generate once per
+turn with every row's whole history, and branches start from their parent's tokens, so the
+next call's prompts mostly extend sequences whose KV the last call already computed.
+
 The walk runs one forward per tree node, so it only pays where the tokens it saves outweigh
 the per-forward overhead; `plan` decides with a simple token-count cost model.
 """
 
 from __future__ import annotations
 
-import os
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,23 +39,91 @@ MIN_SHARED_PREFIX = 16  # below this, keeping the common prefix apart saves less
 ATTENTION = "juncture_shared_prefix"
 
 
+def common_len(a, b) -> int:
+    """Length of the common prefix of two token sequences of one type (binary search on slice equality)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [1, kv_heads, length, head_dim]
+
+
+class KVStore:
+    """KV of whole sequences from earlier calls, for prompts that extend them; LRU within a byte budget.
+
+    An entry is dropped when a longer one extends it, and all are dropped when the weights
+    change (every in-place update, optimizer step or load_state_dict, bumps a parameter's version).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[int, ...], KV] = OrderedDict()
+        self.bytes = 0
+        self.weights: int | None = None
+
+    def sync(self, model) -> None:
+        weights = hash(tuple((id(p), p._version) for p in model.parameters()))
+        if weights != self.weights:
+            self.clear()
+            self.weights = weights
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+    def match(self, tokens: tuple[int, ...]) -> tuple[int, tuple[int, ...] | None]:
+        """(length, key) of the entry sharing the longest prefix with `tokens`."""
+        best = (0, None)
+        for key in self.entries:
+            n = common_len(key, tokens)
+            if n > best[0]:
+                best = (n, key)
+        return best
+
+    def get(self, key: tuple[int, ...]) -> KV:
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+    def put(self, tokens: tuple[int, ...], kv: KV) -> None:
+        size = sum(k.nbytes + v.nbytes for k, v in kv)
+        if size > self.max_bytes:
+            return
+        for key in [k for k in self.entries if len(k) <= len(tokens) and tokens[: len(k)] == k]:
+            self._drop(key)
+        self.entries[tokens] = kv
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self.entries)))
+
+    def _drop(self, key) -> None:
+        self.bytes -= sum(k.nbytes + v.nbytes for k, v in self.entries.pop(key))
+
+
 @dataclass
 class Node:
-    """Tokens [start, end) shared by every prompt below; `ref` is one such prompt's index."""
+    """Tokens [start, end) shared by `rows` (prompt indices); the KVStore already holds [start, cached)."""
 
-    ref: int
+    rows: list[int]
     start: int
     end: int
     ends_here: list[int] = field(default_factory=list)  # prompts that are exactly tokens[:end]
     children: list[Node] = field(default_factory=list)
+    cached: int = 0
+    cached_key: tuple[int, ...] | None = None
 
 
 def build_tree(prompts: list[list[int]]) -> Node:
     """Radix tree of the prompts (each must be non-empty)."""
 
     def build(rows: list[int], start: int) -> Node:
-        common = len(os.path.commonprefix([prompts[i][start:] for i in rows]))
-        node = Node(rows[0], start, start + common)
+        seqs = [prompts[i] for i in rows]
+        node = Node(rows, start, common_len(min(seqs), max(seqs)))
         groups: dict[int, list[int]] = {}
         for i in rows:
             if len(prompts[i]) == node.end:
@@ -72,11 +144,17 @@ def nodes(root: Node):
         stack.extend(node.children)
 
 
-def plan(prompts: list[list[int]], device: torch.device) -> Node | None:
-    """The tree if encoding it costs less than one padded batch forward, else None."""
+def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
+    """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
     overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
     root = build_tree(prompts)
-    tree_cost = sum(n.end - n.start + overhead for n in nodes(root) if n.end > n.start)
+    if store is not None and store.entries:
+        matches = [store.match(tuple(p)) for p in prompts]
+        for node in nodes(root):
+            cached, node.cached_key = max(((min(matches[i][0], node.end), matches[i][1]) for i in node.rows),
+                                          key=lambda m: m[0])
+            node.cached = min(cached, node.end - 1) if node.ends_here else cached  # their logits need a forward
+    tree_cost = sum(n.end - max(n.start, n.cached) + overhead for n in nodes(root) if n.end > max(n.start, n.cached))
     padded_cost = len(prompts) * max(map(len, prompts)) + overhead
     return root if tree_cost < padded_cost else None
 
@@ -89,7 +167,7 @@ class SharedPrefix:
     values: list[torch.Tensor]
 
 
-def tree_prefill(model, prompts: list[list[int]], root: Node):
+def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | None = None):
     """Encode the tree; returns (row cache, row attention mask, last-token logits, SharedPrefix or None).
 
     Rows hold their tokens after the shared prefix, left-padded to one width; positions
@@ -104,9 +182,13 @@ def tree_prefill(model, prompts: list[list[int]], root: Node):
     prefix = SharedPrefix([], [])
 
     def visit(node: Node) -> None:
-        if node.end > node.start:
-            ids = torch.tensor([prompts[node.ref][node.start : node.end]], device=device)
-            pos = torch.arange(node.start, node.end, device=device)[None]
+        begin = max(node.start, node.cached)
+        if begin > node.start:  # the walk holds [0, start): append [start, cached) from the store
+            for layer, (k, v) in enumerate(store.get(node.cached_key)):
+                walk.update(k[:, :, node.start : begin], v[:, :, node.start : begin], layer)
+        if node.end > begin:
+            ids = torch.tensor([prompts[node.rows[0]][begin : node.end]], device=device)
+            pos = torch.arange(begin, node.end, device=device)[None]
             last = model(input_ids=ids, position_ids=pos, past_key_values=walk, use_cache=True,
                          logits_to_keep=1).logits[0, -1]
         if node is root and split:
@@ -129,6 +211,18 @@ def tree_prefill(model, prompts: list[list[int]], root: Node):
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
     return DynamicCache(ddp_cache_data=batch_kv), mask, torch.stack(logits), prefix if split else None
+
+
+def row_kv(cache: DynamicCache, j: int, length: int, prefix: SharedPrefix | None) -> KV:
+    """A copy of row j's KV: the shared prefix, if any, then the row's last `length` cached positions."""
+    out = []
+    for layer, (k, v, _) in enumerate(cache):
+        k, v = k[j : j + 1, :, k.shape[2] - length :], v[j : j + 1, :, v.shape[2] - length :]
+        if prefix is None:
+            out.append((k.clone(), v.clone()))
+        else:
+            out.append((torch.cat([prefix.keys[layer], k], 2), torch.cat([prefix.values[layer], v], 2)))
+    return out
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
