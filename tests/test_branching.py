@@ -60,7 +60,7 @@ RATIOS = {"A": [np.nan, np.nan, 1.0, 0.0, 5.0, 5.0, -1.0, 0.5], "B": [np.nan, np
 
 
 def ctx_for(**overrides) -> BranchContext:
-    cfg = AlgorithmConfig(branching="appo", credit="appo", group_size=5, n_initial=2).model_copy(deep=True)
+    cfg = AlgorithmConfig(branching="appo", credit="appo", group_size=5, n_initial=2)
     for key, value in overrides.items():
         node = cfg
         *path, last = key.split(".")
@@ -250,13 +250,13 @@ def test_fork_points_are_valid_and_respect_the_budget(groups, strategy, budget, 
 
 
 def test_budget_configuration_is_validated():
-    cfg = load_config()
-    assert (cfg.algorithm.branching, cfg.algorithm.credit, cfg.algorithm.branch_budget) == ("appo", "appo", 2)
+    alg = load_config().algorithm  # the quickstart runs APPO with B = n − N_init > 0 branches per prompt
+    assert (alg.branching, alg.credit) == ("appo", "appo") and alg.branch_budget == alg.group_size - alg.n_initial > 0
     assert AlgorithmConfig().initial_per_group == 4 and AlgorithmConfig().branch_budget == 0
     for overrides, message in [
-        (["algorithm.n_initial=5"], "n_initial must be <= "),
-        (["algorithm.branching=none", "algorithm.credit=grpo"], "needs a branching strategy"),
-        (["algorithm.n_initial=4"], "branching=appo needs"),
+        (["algorithm.group_size=4", "algorithm.n_initial=5"], "n_initial must be <= "),
+        (["algorithm.branching=none", "algorithm.group_size=4", "algorithm.n_initial=2"], "needs a branching strategy"),
+        (["algorithm.branching=appo", "algorithm.group_size=4", "algorithm.n_initial=4"], "branching=appo needs"),
         (["algorithm.omega_bs.clip=[1.2, 0.8]"], "omega_bs.clip"),
         (["algorithm.selection.exclude=[commas]"], "exclude"),
     ]:

@@ -54,7 +54,7 @@ class BranchContext:
 
 class BranchingStrategy(Protocol):
     def __call__(self, trajs: list[Trajectory], budget_per_group: int, ctx: BranchContext) -> list[ForkPoint]:
-        """Fork points for completed initial rollouts; at most `budget_per_group` per group unless duplicated."""
+        """Fork points for completed initial rollouts: at most `budget_per_group` per prompt group."""
 
 
 BRANCHING: Registry[BranchingStrategy] = Registry("branching strategy")
