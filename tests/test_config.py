@@ -7,7 +7,7 @@ from juncture.config import ConfigError, RunConfig, apply_overrides, builtin_con
 
 def test_quickstart_config_loads():
     cfg = load_config()
-    assert cfg.model.path == "default" and cfg.sft.enabled and cfg.task.name.startswith("reasoning_gym:")
+    assert cfg.model.path == "default" and cfg.algorithm.branching == "appo" and cfg.task.name.startswith("reasoning_gym:")
 
 
 def test_overrides_are_typed_and_nested():
