@@ -1,0 +1,155 @@
+"""Rollout and training throughput of juncture's HF backend on SmolLM2-135M-Instruct (CPU).
+
+Why: juncture samples with a hand-written decode loop (it needs per-token log-probs,
+entropies and stop strings), so this measures what that costs against plain
+`model.generate` on the same model, dtype, prompts and token budget; and how many tokens
+per second a forward+backward of the policy loss trains, in fp32 and bf16 autocast.
+
+    .venv/bin/python bench/throughput.py [--batch-sizes 1 8 16] [--new-tokens 128]
+        [--dtypes float32 bfloat16] [--repeats 2] [--json runs/bench/throughput.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+from common import environment, markdown_table, setup, timed, write_json
+from transformers import GenerationConfig
+
+from juncture.agent.loop import encode_prompt
+from juncture.config import LossConfig, ModelConfig, load_config
+from juncture.policy.base import SamplingParams
+from juncture.policy.hf import HFPolicy
+from juncture.tasks import build_tasks
+from juncture.train.batching import pack, score
+from juncture.train.loss import policy_loss, token_weights
+from juncture.tree import Source, Trajectory
+
+
+def task_prompts(tokenizer, n: int) -> list[list[int]]:
+    """The quickstart's real prompts (few-shot, python tool, chain_sum questions)."""
+    cfg = load_config(None, ["task.train_size=64", "task.eval_size=1"])
+    train, _ = build_tasks(cfg.task)
+    return [encode_prompt(tokenizer, train[i % len(train)], cfg.agent.tools, cfg.agent.prompt) for i in range(n)]
+
+
+def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> int:
+    """Plain transformers sampling, forced to exactly `new_tokens` per row; returns tokens generated."""
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), policy.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    gen_cfg = GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        pad_token_id=policy.pad_id, eos_token_id=sorted(policy.eos_ids),
+    )
+    with torch.no_grad():
+        out = policy.gen_model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+    return (out.shape[1] - width) * len(prompts)
+
+
+def juncture_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, gen: torch.Generator) -> int:
+    outs = policy.generate(prompts, [new_tokens] * len(prompts), SamplingParams(temperature=1.0), gen)
+    return sum(len(o.tokens) for o in outs)
+
+
+def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
+    prompts = task_prompts(policy.tokenizer, batch)
+    gen = torch.Generator().manual_seed(0)
+    res = timed({"hf": lambda: hf_generate(policy, prompts, new_tokens),
+                 "juncture": lambda: juncture_generate(policy, prompts, new_tokens, gen)}, repeats)
+    (t_hf, n_hf), (t_j, n_j) = res["hf"], res["juncture"]
+    row = {
+        "dtype": dtype, "batch": batch, "prompt_len": max(map(len, prompts)),
+        "hf_tokens": n_hf, "hf_s": t_hf, "hf_tok_s": n_hf / t_hf,
+        "juncture_tokens": n_j, "juncture_s": t_j, "juncture_tok_s": n_j / t_j,
+    }
+    row["ratio"] = row["juncture_tok_s"] / row["hf_tok_s"]
+    print(f"  rollout {dtype} batch={batch}: model.generate {row['hf_tok_s']:.1f} tok/s, "
+          f"juncture {row['juncture_tok_s']:.1f} tok/s", flush=True)
+    return row
+
+
+def synthetic_rows(n: int, prompt_len: int, response_len: int, vocab: int, seed: int = 0) -> list[Trajectory]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        t = Trajectory.from_prompt(rng.integers(3, vocab, prompt_len).tolist(), f"r{i}", f"g{i // 4}", "t")
+        t.append(rng.integers(3, vocab, response_len).tolist(), Source.MODEL,
+                 rng.uniform(-5, 0, response_len).tolist(), rng.uniform(0, 5, response_len).tolist())
+        rows.append(t)
+    return rows
+
+
+def bench_train(policy: HFPolicy, dtype: str, rows: int, prompt_len: int, response_len: int, repeats: int) -> dict:
+    """Forward+backward of the policy loss on one packed micro-batch (no optimizer step)."""
+    trajs = synthetic_rows(rows, prompt_len, response_len, policy.model.config.vocab_size)
+    packed = pack(trajs, policy.pad_id)
+    weights = packed.tail(token_weights([np.asarray(t.loss_mask) for t in trajs], "token-mean", response_len))
+    adv = packed.tail([np.asarray(t.loss_mask, dtype=np.float32) * (1 if i % 2 else -1) for i, t in enumerate(trajs)])
+    model = policy.model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with policy.autocast():
+            logp, _ = score(model, packed, 1.0)
+        loss, _ = policy_loss(logp, logp.detach(), adv, weights, LossConfig())
+        loss.backward()
+
+    t = timed({"train": step}, repeats)["train"][0]
+    trained, total = int(packed.loss_mask.sum()), int(packed.attention_mask.sum())
+    print(f"  train {dtype}: {t:.2f} s per fwd+bwd", flush=True)
+    return {"dtype": dtype, "rows": rows, "prompt_len": prompt_len, "response_len": response_len, "s": t,
+            "trained_tok_s": trained / t, "total_tok_s": total / t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 16])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--repeats", type=int, default=2, help="timed repeats (best of) after one warm-up")
+    ap.add_argument("--train-rows", type=int, default=8)
+    ap.add_argument("--train-prompt-len", type=int, default=64)
+    ap.add_argument("--train-response-len", type=int, default=192)
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write results to this JSON file")
+    args = ap.parse_args()
+    setup(args.threads)
+    env = environment()
+
+    rollout, train = [], []
+    results = {"env": env, "args": vars(args), "rollout": rollout, "train": train}
+    for dtype in args.dtypes:
+        policy = HFPolicy.load(ModelConfig(path="default", dtype=dtype), log=lambda *_: None)
+        for b in args.batch_sizes:
+            rollout.append(bench_rollout(policy, dtype, b, args.new_tokens, args.repeats))
+            write_json(args.json, results, quiet=True)  # partial results survive an interrupted run
+        if not args.skip_train:
+            train.append(bench_train(policy, dtype, args.train_rows, args.train_prompt_len,
+                                     args.train_response_len, args.repeats))
+            write_json(args.json, results, quiet=True)
+        del policy
+
+    env["load_avg_1m_end"] = os.getloadavg()[0]
+    print(f"\nSmolLM2-135M-Instruct, {env['threads']} threads, torch {env['torch']}, "
+          f"transformers {env['transformers']}, max_new_tokens={args.new_tokens}, best of {args.repeats}, "
+          f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
+    print("Rollout (generated tokens/s; ratio = juncture / model.generate):\n")
+    print(markdown_table(rollout, ["dtype", "batch", "prompt_len", "hf_tokens", "hf_tok_s",
+                                   "juncture_tokens", "juncture_tok_s", "ratio"]))
+    if train:
+        print("\nTraining (forward+backward of the policy loss, one packed micro-batch):\n")
+        print(markdown_table(train, ["dtype", "rows", "prompt_len", "response_len", "s", "trained_tok_s",
+                                     "total_tok_s"]))
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    main()
