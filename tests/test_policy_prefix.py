@@ -91,6 +91,16 @@ def test_bf16_shared_prefix_decoding_runs(tiny_model_dir):
         assert 0 < len(g.tokens) == len(g.logprobs) <= 10 and all(np.isfinite(g.logprobs + g.entropies))
 
 
+def test_other_attention_implementations_keep_whole_rows(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    pol = HFPolicy(model, AutoTokenizer.from_pretrained(tiny_model_dir))
+    prompts = branch_prompts(pol)
+    assert pol._prefill(prompts)[3] is None
+    assert_same_as_plain(pol, prompts)
+
+
 def test_cost_model_skips_the_tree_when_nothing_is_shared(policy):
     cpu = torch.device("cpu")
     assert prefix_cache.plan([[101 + i] + rand_tokens(60, i) for i in range(4)], cpu) is None

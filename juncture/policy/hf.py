@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import nullcontext
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -94,9 +93,7 @@ class HFPolicy:
         if store is not None:
             store.sync(self.gen_model)
         cache, mask, logits, prefix = self._prefill(prompts, store)
-        shared = nullcontext() if prefix is None else prefix_cache.attention_implementation(self.gen_model,
-                                                                                            prefix_cache.ATTENTION)
-        with shared:
+        with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):
             return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
 
     def _prefill(self, prompts, store=None):

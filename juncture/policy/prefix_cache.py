@@ -174,7 +174,8 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     still count from each prompt's start.
     """
     n, width = len(prompts), max(map(len, prompts))
-    split = root.end if root.end >= MIN_SHARED_PREFIX else 0
+    # shared_prefix_attention stands in for SDPA only; other attention implementations keep whole rows
+    split = root.end if root.end >= MIN_SHARED_PREFIX and model.config._attn_implementation == "sdpa" else 0
     device = next(model.parameters()).device
     walk = DynamicCache()
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -259,10 +260,15 @@ AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
 @contextmanager
-def attention_implementation(model, name: str):
-    """Switch the model's attention implementation for the duration of the block."""
+def shared_prefix_decoding(model, prefix: SharedPrefix | None):
+    """Route the model's attention through shared_prefix_attention for the block (a no-op without a prefix)."""
+    if prefix is None:
+        yield
+        return
     old = model.config._attn_implementation
-    model.set_attn_implementation(name)
+    model.set_attn_implementation(ATTENTION)
+    if model.config._attn_implementation != ATTENTION:
+        raise RuntimeError(f"{type(model).__name__} cannot switch its attention implementation to {ATTENTION}")
     try:
         yield
     finally:
