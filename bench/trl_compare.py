@@ -27,7 +27,7 @@ import torch
 from common import environment, markdown_table, setup, write_json
 
 from juncture.agent.protocol import build_messages
-from juncture.config import RunConfig, load_config
+from juncture.config import RunConfig, apply_overrides
 from juncture.policy.hf import HFPolicy
 from juncture.policy.loading import resolve_model
 from juncture.rewards import compute_reward
@@ -36,17 +36,20 @@ from juncture.train.rl import Trainer
 
 
 def make_config(args) -> RunConfig:
-    return load_config(None, [
+    """Plain GRPO from the built-in defaults (not the quickstart, whose algorithm may change)."""
+    return RunConfig.model_validate(apply_overrides({}, [
         "model.path=default", f"model.dtype={args.dtype}",
-        "agent.tools=[]", "agent.max_turns=1", "agent.max_tool_calls=0",
+        "task.name=reasoning_gym:chain_sum", "task.params={min_terms: 2, max_terms: 4, min_digits: 1, max_digits: 2}",
+        "task.train_size=500", "agent.prompt=fewshot", "agent.tools=[]", "agent.max_turns=1", "agent.max_tool_calls=0",
         f"agent.max_new_tokens={args.max_tokens}", f"agent.max_turn_tokens={args.max_tokens}",
         "sampling.temperature=1.0", "sampling.top_p=1.0", "sampling.top_k=0",
-        f"algorithm.group_size={args.group}", "algorithm.norm_adv_by_std=true",
+        "algorithm.branching=none", "algorithm.credit=grpo", f"algorithm.group_size={args.group}",
+        "algorithm.n_initial=null", "algorithm.norm_adv_by_std=true",
         "loss.agg=token-mean", "loss.kl_coef=0", "loss.clip_low=0.2", "loss.clip_high=0.28",
         f"optim.lr={args.lr}", "optim.grad_clip=1.0", "optim.warmup_steps=0",
         f"train.prompts_per_step={args.prompts}", f"train.micro_batch_size={args.prompts * args.group}",
         "train.updates_per_step=1", f"train.seed={args.seed}", "logging.progress=false",
-    ])
+    ]))
 
 
 def summarize(name: str, times: list[float], tokens: list[int], rollout: list[float]) -> dict:
