@@ -15,8 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from juncture.config import ModelConfig
 from juncture.policy import prefix_cache
-from juncture.policy.base import Generation, SamplingParams, logprobs_and_entropy
+from juncture.policy.base import Generation, SamplingParams
 from juncture.policy.loading import resolve_model
+from juncture.policy.sampling import sample_step
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -129,16 +130,13 @@ class HFPolicy:
         rows = list(range(n))  # original index of each live row of the cache
         longest_stop = max((len(s) for s in params.stop_strings), default=0)
         while rows:
-            scaled = logits.float() / (1.0 if params.greedy else params.temperature)
-            tokens = _sample(scaled, params, generator)
-            logp, ent = logprobs_and_entropy(scaled, tokens)
+            tokens, logp, ent = sample_step(logits, params, generator)
             keep = []
-            for j, i in enumerate(rows):
-                tok = int(tokens[j])
+            for j, (i, tok, lp, h) in enumerate(zip(rows, tokens.tolist(), logp.tolist(), ent.tolist(), strict=True)):
                 out = outs[i]
                 out.tokens.append(tok)
-                out.logprobs.append(float(logp[j]))
-                out.entropies.append(float(ent[j]))
+                out.logprobs.append(lp)
+                out.entropies.append(h)
                 if tok in self.eos_ids:
                     out.finish_reason = "eos"
                     continue
@@ -180,21 +178,6 @@ class HFPolicy:
             i = rows[j]
             tokens = tuple(prompts[i]) + tuple(outs[i].tokens[:-1])
             store.put(tokens, prefix_cache.row_kv(cache, j, len(tokens) - split, prefix))
-
-
-def _sample(logits: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
-    if params.greedy:
-        return logits.argmax(-1)
-    if params.top_k:
-        kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
