@@ -35,6 +35,8 @@ class VLLMConfig(_Section):
 class ModelConfig(_Section):
     path: str = Field("default", description="'default' (packaged SmolLM2), an HF model directory, or a .gguf file")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="'auto' (the GPU when torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'")
     gradient_checkpointing: bool = False
     backend: str = Field("hf", description="generation backend: 'hf' (transformers) or 'vllm' (vLLM samples; "
                          "log-probs and entropies are recomputed by the HF model)")

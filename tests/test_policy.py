@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from juncture.config import ModelConfig
 from juncture.policy.base import SamplingParams
-from juncture.policy.hf import HFPolicy
+from juncture.policy.hf import HFPolicy, resolve_device
 from juncture.policy.loading import ModelNotFoundError, resolve_model
 from juncture.train.batching import pack, score
 from juncture.tree import Source, Trajectory
@@ -82,3 +83,16 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         resolve_model(str(tmp_path / "nope.gguf"))
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         resolve_model(str(tmp_path))
+
+
+def test_device_auto_is_the_cpu_here_and_an_absent_gpu_is_a_clear_error():
+    assert resolve_device("auto") == torch.device("cpu" if not torch.cuda.is_available() else "cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="model.device='cuda:1'.*0 CUDA device"):
+            resolve_device("cuda:1")
+
+
+def test_model_device_is_validated():
+    with pytest.raises(ValidationError, match="device"):
+        ModelConfig(device="gpu")

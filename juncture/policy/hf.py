@@ -45,7 +45,7 @@ class HFPolicy:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path, _ = resolve_model(cfg.path, log=log)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(resolve_device(cfg.device))
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         return cls(model, tokenizer, cfg.dtype, prefix_reuse)
@@ -178,6 +178,16 @@ class HFPolicy:
             i = rows[j]
             tokens = tuple(prompts[i]) + tuple(outs[i].tokens[:-1])
             store.put(tokens, prefix_cache.row_kv(cache, j, len(tokens) - split, prefix))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`model.device`: 'auto' is the GPU when torch sees one; an unusable explicit choice is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"model.device={name!r}, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

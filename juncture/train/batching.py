@@ -52,13 +52,14 @@ def pack(rows: list[Trajectory], pad_id: int) -> Packed:
 
 def score(model, packed: Packed, temperature: float, with_entropy: bool = False):
     """Log-probs of the target tokens (and optionally entropies) under `model`, [B, R]."""
+    device = model.device
     logits = model(
-        input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,
-        use_cache=False, logits_to_keep=packed.width + 1,
+        input_ids=packed.input_ids.to(device), attention_mask=packed.attention_mask.to(device),
+        position_ids=packed.position_ids.to(device), use_cache=False, logits_to_keep=packed.width + 1,
     ).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, packed.targets.unsqueeze(-1)).squeeze(-1)
+    logp = logp_all.gather(-1, packed.targets.to(device).unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logp, entropy

@@ -131,7 +131,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_trainer_state(ckpt: Path, optimizer, scheduler) -> dict:
-    blob = torch.load(ckpt / "trainer.pt", weights_only=False)
+    blob = torch.load(ckpt / "trainer.pt", weights_only=False, map_location="cpu")  # the optimizer moves its state
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     set_rng_state(blob["rng"])

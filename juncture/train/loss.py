@@ -29,10 +29,10 @@ def discounted_suffix_sum(x: torch.Tensor, gamma: float, window: int | None = No
     else:
         chunk = max(1, int(150 / -math.log10(gamma)))
         y = torch.empty_like(x64)
-        carry = torch.zeros(x64.shape[:-1], dtype=torch.float64)  # y at the first position of the next chunk
+        carry = torch.zeros(x64.shape[:-1], dtype=torch.float64, device=x64.device)  # y at the first position of the next chunk
         for end in range(n, 0, -chunk):
             start = max(0, end - chunk)
-            j = torch.arange(end - start, dtype=torch.float64)
+            j = torch.arange(end - start, dtype=torch.float64, device=x64.device)
             w = gamma**j
             local = (x64[..., start:end] * w).flip(-1).cumsum(-1).flip(-1) / w
             y[..., start:end] = local + carry[..., None] * gamma ** (end - start - j)

@@ -321,12 +321,16 @@ class Trainer:
         with self.policy.autocast():
             logp, entropy = self.score(self.policy.model, packed, cfg.sampling.temperature,
                                        with_entropy=cfg.loss.entropy_coef > 0)
-        rollout_logp = packed.tail([np.asarray(t.logprobs) for t in trajs])
-        old_logp = packed.tail(old) if old is not None else logp.detach()
-        w = packed.tail(weights)
+
+        def tail(arrays):  # per-token arrays onto the loss grid, on the model's device
+            return packed.tail(arrays).to(logp.device)
+
+        rollout_logp = tail([np.asarray(t.logprobs) for t in trajs])
+        old_logp = tail(old) if old is not None else logp.detach()
+        w = tail(weights)
         loss, stats = policy_loss(
-            logp, old_logp, packed.tail([a for _, a, _ in rows]), w, cfg.loss,
-            ref_logp=packed.tail(ref) if ref is not None else None, entropy=entropy,
+            logp, old_logp, tail([a for _, a, _ in rows]), w, cfg.loss,
+            ref_logp=tail(ref) if ref is not None else None, entropy=entropy,
             omega=cfg.algorithm.omega_loss if cfg.algorithm.credit == "appo" else None,
         )
         loss.backward()

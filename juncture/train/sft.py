@@ -101,7 +101,7 @@ def run_sft(policy, data: list[Trajectory], cfg: RunConfig, log=print) -> list[f
             packed = pack(batch[i : i + cfg.train.micro_batch_size], policy.pad_id)
             with policy.autocast():
                 logp, _ = score(model, packed, 1.0)
-            loss = -(logp * packed.loss_mask).sum() / n_tok
+            loss = -(logp * packed.loss_mask.to(logp.device)).sum() / n_tok
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
