@@ -104,7 +104,7 @@ def fed_tokens(rows: list[Trajectory], micro: int, mode: str, pad_id: int) -> tu
 
 def bench(dtype: str, args, run_dir: str) -> list[dict]:
     cfg = load_config(None, [
-        f"run_dir={run_dir}/{dtype}", f"model.dtype={dtype}", "task.train_size=8", "task.eval_size=1",
+        f"run_dir={run_dir}/{dtype}", f"model.path={args.model}", f"model.dtype={dtype}", "task.train_size=8", "task.eval_size=1",
         "algorithm.branching=appo", "algorithm.credit=appo", f"algorithm.n_initial={args.initial}",
         f"algorithm.group_size={args.initial + args.branches}", "algorithm.branch.train_on_branch_rows=true",
         f"train.micro_batch_size={args.micro_batch}", f"train.updates_per_step={args.updates_per_step}",
@@ -140,6 +140,7 @@ def bench(dtype: str, args, run_dir: str) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default", help="model path ('default': the packaged SmolLM2)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--initial", type=int, default=4, help="initial rollouts per prompt")
     ap.add_argument("--branches", type=int, default=4, help="branches per prompt (trained)")

@@ -49,7 +49,8 @@ def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> 
         pad_token_id=policy.pad_id, eos_token_id=sorted(policy.eos_ids),
     )
     with torch.no_grad():
-        out = policy.gen_model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
+        out = policy.gen_model.generate(input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device),
+                                        generation_config=gen_cfg)
     return (out.shape[1] - width) * len(prompts)
 
 

@@ -1,0 +1,132 @@
+"""Training FLOP/s as a fraction of the measured matmul peak (model FLOPs utilization, MFU).
+
+Why: a speed-up is only meaningful next to the physical limit. The peak is measured here, with
+a large square matrix product in the same dtype on the same threads, not read off a datasheet.
+The update's FLOPs are counted as useful model FLOPs: for every real (unpadded) token, 2 per
+weight of the transformer's linear layers forward and 4 backward; the vocabulary projection only
+for the positions whose logits the loss uses; causal attention (QK^T and AV) over each token's
+own context. Padding, recomputation and the optimizer are overhead, so they count as none.
+
+    .venv/bin/python bench/flops.py [--model default] [--device auto] [--dtypes float32 bfloat16]
+        [--rows 8 --prompt-len 64 --response-len 192] [--peak-size 2048] [--json runs/bench/flops.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+from common import environment, markdown_table, setup, write_json
+from throughput import synthetic_rows
+
+from juncture.config import LossConfig, ModelConfig
+from juncture.policy.hf import DTYPES, HFPolicy
+from juncture.train.batching import pack, score
+from juncture.train.loss import policy_loss, token_weights
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """FLOP/s of an n x n x n product on random data (fresh operands per call would time the allocator)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=g) for _ in range(2))
+    t = median_time(lambda: a @ b, device, repeats)
+    return 2 * n**3 / t
+
+
+def update_flops(config, tokens_per_row: list[int], logit_positions: int) -> float:
+    """Useful FLOPs of one forward+backward (see module doc): 3x the forward's."""
+    d, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    linear = layers * (d * heads * head_dim * 2 + d * kv_heads * head_dim * 2 + 3 * d * inter)
+    tokens = sum(tokens_per_row)
+    attention = sum(2 * 2 * layers * heads * head_dim * t * (t + 1) / 2 for t in tokens_per_row)
+    forward = 2 * linear * tokens + 2 * d * config.vocab_size * logit_positions + attention
+    return 3 * forward
+
+
+def bench_update(policy: HFPolicy, rows: int, prompt_len: int, response_len: int, repeats: int) -> tuple[float, float]:
+    """(seconds, useful FLOPs) of one forward+backward of the policy loss on one flat micro-batch."""
+    trajs = synthetic_rows(rows, prompt_len, response_len, policy.model.config.vocab_size)
+    packed = pack(trajs, policy.pad_id)
+    device = policy.device
+    weights = packed.tail(token_weights([np.asarray(t.loss_mask) for t in trajs], "token-mean", response_len))
+    adv = packed.tail([np.asarray(t.loss_mask, dtype=np.float32) * (1 if i % 2 else -1) for i, t in enumerate(trajs)])
+    weights, adv = weights.to(device), adv.to(device)
+    model = policy.model.train()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with policy.autocast():
+            logp, _ = score(model, packed, 1.0)
+        loss, _ = policy_loss(logp, logp.detach(), adv, weights, LossConfig())
+        loss.backward()
+
+    t = median_time(step, device, repeats, warmup=1)
+    flops = update_flops(model.config, [len(tr) for tr in trajs], rows * (packed.width + 1))
+    return t, flops
+
+
+def measure(model: str, device: str, dtypes: list[str], args, log=print) -> list[dict]:
+    out = []
+    for dtype in dtypes:
+        policy = HFPolicy.load(ModelConfig(path=model, dtype=dtype, device=device), log=lambda *_: None)
+        dev = policy.device
+        peak = matmul_peak(dev, DTYPES[dtype], args.peak_size)
+        t, flops = bench_update(policy, args.rows, args.prompt_len, args.response_len, args.repeats)
+        params = sum(p.numel() for p in policy.model.parameters())
+        out.append({"model_params_M": params / 1e6, "device": str(dev), "dtype": dtype, "rows": args.rows,
+                    "tokens": args.rows * (args.prompt_len + args.response_len), "update_s": t,
+                    "train_tflops": flops / t / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu": flops / t / peak})
+        log(f"  {dtype}: update {t:.3f} s, {flops / t / 1e12:.3f} TFLOP/s of a measured {peak / 1e12:.3f} peak "
+            f"({out[-1]['mfu']:.1%})")
+        del policy
+    return out
+
+
+COLUMNS = ["model_params_M", "device", "dtype", "rows", "tokens", "update_s", "train_tflops", "matmul_peak_tflops",
+           "mfu"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    ap.add_argument("--rows", type=int, default=8)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--response-len", type=int, default=192)
+    ap.add_argument("--peak-size", type=int, default=2048, help="n of the n x n x n matmul (GPU: 8192)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write results to this JSON file")
+    args = ap.parse_args()
+    setup(args.threads)
+    rows = measure(args.model, args.device, args.dtypes, args)
+    print(markdown_table(rows, COLUMNS))
+    write_json(args.json, {"env": environment(), "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
