@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -167,11 +167,12 @@ class SharedPrefix:
     values: list[torch.Tensor]
 
 
-def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | None = None):
+def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | None = None,
+                 cache: Cache | None = None):
     """Encode the tree; returns (row cache, row attention mask, last-token logits, SharedPrefix or None).
 
-    Rows hold their tokens after the shared prefix, left-padded to one width; positions
-    still count from each prompt's start.
+    Rows hold their tokens after the shared prefix, left-padded to one width, in `cache` (an
+    empty cache to fill; a DynamicCache by default); positions still count from each prompt's start.
     """
     n, width = len(prompts), max(map(len, prompts))
     # shared_prefix_attention stands in for SDPA only; other attention implementations keep whole rows
@@ -211,10 +212,13 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     mask = torch.zeros((n, width - split), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
-    return DynamicCache(ddp_cache_data=batch_kv), mask, torch.stack(logits), prefix if split else None
+    cache = DynamicCache() if cache is None else cache
+    for layer, (k, v) in enumerate(batch_kv):
+        cache.update(k, v, layer)
+    return cache, mask, torch.stack(logits), prefix if split else None
 
 
-def row_kv(cache: DynamicCache, j: int, length: int, prefix: SharedPrefix | None) -> KV:
+def row_kv(cache: Cache, j: int, length: int, prefix: SharedPrefix | None) -> KV:
     """A copy of row j's KV: the shared prefix, if any, then the row's last `length` cached positions."""
     out = []
     for layer, (k, v, _) in enumerate(cache):
