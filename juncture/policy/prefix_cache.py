@@ -246,7 +246,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     q = (query * (scaling or dim**-0.5)).reshape(b, kv_heads, heads // kv_heads, dim)
     stacked = q.transpose(0, 1).reshape(1, kv_heads, -1, dim)  # [1, kv_heads, b * group, dim]
     scores_prefix = (stacked @ kp.transpose(-1, -2)).view(kv_heads, b, -1, p).transpose(0, 1)
-    scores_own = q @ key.transpose(-1, -2)
+    # key may be a view into a preallocated cache (GrowableCache); as the left operand it needs no copy,
+    # while `q @ key.transpose(-1, -2)` is several times slower in bf16 on CPU
+    scores_own = (key @ q.transpose(-1, -2)).transpose(-1, -2)
     if attention_mask is not None:  # [b, 1, 1, own length]
         if attention_mask.dtype == torch.bool:
             scores_own = scores_own.masked_fill(~attention_mask, float("-inf"))
