@@ -7,8 +7,8 @@ KV cache and cropping it back when it returns to a fork, and copies each prompt'
 left-padded batch cache: the layout the plain padded prefill produces.
 
 The prefix common to all prompts is kept once (`SharedPrefix`) rather than copied into every
-row: each decode step would otherwise copy it (DynamicCache concatenates) and read it once
-per row, which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
+row: each decode step would otherwise read it once per row (and copy it, with a cache that
+concatenates), which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
 attends to it once for all rows and to each row's own KV, in one softmax.
 
 Across calls, `KVStore` keeps each finished row's KV: the agent loop calls generate once per
