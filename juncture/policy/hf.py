@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from juncture.config import ModelConfig
 from juncture.policy import prefix_cache
 from juncture.policy.base import Generation, SamplingParams
+from juncture.policy.kv_cache import GrowableCache
 from juncture.policy.loading import resolve_model
 from juncture.policy.sampling import sample_step
 
@@ -39,6 +40,7 @@ class HFPolicy:
         self._piece_cache: dict[int, str] = {}
         self.prefix_reuse = prefix_reuse  # False forces the plain padded prefill (for tests and benchmarks)
         self.kv_store = prefix_cache.KVStore(kv_store_bytes) if kv_store_bytes else None  # used with prefix_reuse
+        self.preallocate_kv = True  # False decodes with transformers' DynamicCache (for tests and benchmarks)
 
     @classmethod
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = True) -> HFPolicy:
@@ -93,20 +95,23 @@ class HFPolicy:
         store = self.kv_store if self.prefix_reuse else None
         if store is not None:
             store.sync(self.gen_model)
-        cache, mask, logits, prefix = self._prefill(prompts, store)
+        # room for every sampled token but the last, which is never fed back
+        cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
         with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):
             return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
 
-    def _prefill(self, prompts, store=None):
+    def _prefill(self, prompts, store=None, reserve: int = 0):
         """KV cache, attention mask, last-token logits of the prompts (left-padded), and any SharedPrefix.
 
         Shared prefixes are encoded once (see prefix_cache) where that is cheaper than one
         padded forward over every full prompt; the prefix common to all rows then stays apart.
-        Spans `store` holds from an earlier call are not encoded again.
+        Spans `store` holds from an earlier call are not encoded again. The cache keeps room for
+        `reserve` decode steps, so they write in place (GrowableCache) instead of copying it.
         """
+        cache = GrowableCache(reserve) if self.preallocate_kv else DynamicCache()
         tree = prefix_cache.plan(prompts, self.device, store) if self.prefix_reuse else None
         if tree is not None:
-            return prefix_cache.tree_prefill(self.gen_model, prompts, tree, store)
+            return prefix_cache.tree_prefill(self.gen_model, prompts, tree, store, cache)
         n, width = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -114,7 +119,6 @@ class HFPolicy:
             input_ids[i, width - len(p) :] = torch.tensor(p)
             mask[i, width - len(p) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache()
         logits = self.gen_model(
             input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             past_key_values=cache, use_cache=True, logits_to_keep=1,

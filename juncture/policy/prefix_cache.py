@@ -7,8 +7,8 @@ KV cache and cropping it back when it returns to a fork, and copies each prompt'
 left-padded batch cache: the layout the plain padded prefill produces.
 
 The prefix common to all prompts is kept once (`SharedPrefix`) rather than copied into every
-row: each decode step would otherwise copy it (DynamicCache concatenates) and read it once
-per row, which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
+row: each decode step would otherwise read it once per row (and copy it, with a cache that
+concatenates), which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
 attends to it once for all rows and to each row's own KV, in one softmax.
 
 Across calls, `KVStore` keeps each finished row's KV: the agent loop calls generate once per
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AttentionInterface, DynamicCache
+from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -167,16 +167,21 @@ class SharedPrefix:
     values: list[torch.Tensor]
 
 
-def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | None = None):
+def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | None = None,
+                 cache: Cache | None = None):
     """Encode the tree; returns (row cache, row attention mask, last-token logits, SharedPrefix or None).
 
-    Rows hold their tokens after the shared prefix, left-padded to one width; positions
-    still count from each prompt's start.
+    Rows hold their tokens after the shared prefix, left-padded to one width, in `cache` (an
+    empty cache to fill; a DynamicCache by default); positions still count from each prompt's start.
     """
     n, width = len(prompts), max(map(len, prompts))
-    # shared_prefix_attention stands in for SDPA only; other attention implementations keep whole rows
-    split = root.end if root.end >= MIN_SHARED_PREFIX and model.config._attn_implementation == "sdpa" else 0
     device = next(model.parameters()).device
+    # shared_prefix_attention stands in for SDPA only; other attention implementations keep whole rows.
+    # On a GPU, decoding is bound by kernel launches, not by reading the prefix once per row, and the
+    # extra matmuls of shared_prefix_attention made decode steps slower (docs/benchmarks.md, H100), so
+    # only the CPU keeps the prefix apart.
+    shared = device.type == "cpu" and model.config._attn_implementation == "sdpa"
+    split = root.end if root.end >= MIN_SHARED_PREFIX and shared else 0
     walk = DynamicCache()
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     logits: list[torch.Tensor | None] = [None] * n
@@ -211,10 +216,13 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     mask = torch.zeros((n, width - split), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
-    return DynamicCache(ddp_cache_data=batch_kv), mask, torch.stack(logits), prefix if split else None
+    cache = DynamicCache() if cache is None else cache
+    for layer, (k, v) in enumerate(batch_kv):
+        cache.update(k, v, layer)
+    return cache, mask, torch.stack(logits), prefix if split else None
 
 
-def row_kv(cache: DynamicCache, j: int, length: int, prefix: SharedPrefix | None) -> KV:
+def row_kv(cache: Cache, j: int, length: int, prefix: SharedPrefix | None) -> KV:
     """A copy of row j's KV: the shared prefix, if any, then the row's last `length` cached positions."""
     out = []
     for layer, (k, v, _) in enumerate(cache):
@@ -242,7 +250,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     q = (query * (scaling or dim**-0.5)).reshape(b, kv_heads, heads // kv_heads, dim)
     stacked = q.transpose(0, 1).reshape(1, kv_heads, -1, dim)  # [1, kv_heads, b * group, dim]
     scores_prefix = (stacked @ kp.transpose(-1, -2)).view(kv_heads, b, -1, p).transpose(0, 1)
-    scores_own = q @ key.transpose(-1, -2)
+    # key may be a view into a preallocated cache (GrowableCache); as the left operand it needs no copy,
+    # while `q @ key.transpose(-1, -2)` is several times slower in bf16 on CPU
+    scores_own = (key @ q.transpose(-1, -2)).transpose(-1, -2)
     if attention_mask is not None:  # [b, 1, 1, own length]
         if attention_mask.dtype == torch.bool:
             scores_own = scores_own.masked_fill(~attention_mask, float("-inf"))
