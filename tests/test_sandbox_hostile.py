@@ -111,8 +111,11 @@ HOSTILE = {
     "close_status_channel": ("import os\nfor fd in range(3, 64):\n    try:\n        os.close(fd)\n"
                              "    except OSError:\n        pass\nimport socket\nsocket.socket()", "tamper"),
     "gc_hook_hunt": ("import gc\nprint(len(gc.get_objects()))", "tamper"),
-    "c_recursion": ("import sys\nsys.setrecursionlimit(10**7)\nx = []\nfor _ in range(10**5):\n    x = [x]\nrepr(x)",
-                    "crash"),
+    # C-level recursion overflowing a small thread stack: a SIGSEGV within milliseconds. (On the main
+    # thread's stack the same repr could instead run into the 1 s CPU limit first: a flaky race.)
+    "c_recursion": ("import sys, threading\nsys.setrecursionlimit(10**7)\nthreading.stack_size(1 << 18)\nx = []\n"
+                    "for _ in range(10**5):\n    x = [x]\nt = threading.Thread(target=repr, args=(x,))\nt.start()\n"
+                    "t.join()", "crash"),
 }
 # Under Landlock + seccomp, ctypes and _posixsubprocess may be imported (sympy needs ctypes): what
 # the code does with them is then refused by the kernel.
