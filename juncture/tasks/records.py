@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,21 +55,31 @@ class Problems:
         raise TaskDataError("\n  ".join(lines))
 
 
-def _jsonl(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
-    with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                record = json.loads(line)
-            except ValueError as e:  # also invalid UTF-8
-                problems.add(where, f"invalid JSON: {e}")
-                continue
-            if not isinstance(record, dict):
-                problems.add(where, f"expected a JSON object, got {type(record).__name__}")
-                continue
+def _loads(where: str, raw: bytes, problems: Problems) -> Iterator[tuple[str, object]]:
+    """(where, value) of one JSON text, or nothing and a problem if it does not parse."""
+    try:
+        yield where, json.loads(raw)
+    except ValueError as e:  # also invalid UTF-8
+        problems.add(where, f"invalid JSON: {e}")
+
+
+def _objects(located: Iterable[tuple[str, object]], problems: Problems) -> Iterator[tuple[str, dict]]:
+    """The JSON objects among `located`; any other value is a problem at its location."""
+    for where, record in located:
+        if isinstance(record, dict):
             yield where, record
+        else:
+            problems.add(where, f"expected a JSON object, got {type(record).__name__}")
+
+
+def _jsonl(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
+    def lines():
+        with path.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield from _loads(f"{path}:{n}", line, problems)
+
+    yield from _objects(lines(), problems)
 
 
 def _json(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
@@ -82,12 +92,7 @@ def _json(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
         data = inner if inner is not None else [data]
     if not isinstance(data, list):
         raise TaskDataError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-    for n, record in enumerate(data, 1):
-        where = f"{path}: record {n}"
-        if not isinstance(record, dict):
-            problems.add(where, f"expected a JSON object, got {type(record).__name__}")
-            continue
-        yield where, record
+    yield from _objects(((f"{path}: record {n}", record) for n, record in enumerate(data, 1)), problems)
 
 
 def _parquet(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
@@ -121,17 +126,7 @@ def _directory(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
     files = sorted(path.rglob("*.json"))
     if not files:
         raise TaskDataError(f"{path}: the directory holds no .json files")
-    for file in files:
-        where = str(file)
-        try:
-            record = json.loads(file.read_bytes())
-        except ValueError as e:
-            problems.add(where, f"invalid JSON: {e}")
-            continue
-        if not isinstance(record, dict):
-            problems.add(where, f"expected a JSON object, got {type(record).__name__}")
-            continue
-        yield where, record
+    yield from _objects((pair for file in files for pair in _loads(str(file), file.read_bytes(), problems)), problems)
 
 
 def read_records(path: str | Path, problems: Problems | None = None) -> Iterator[tuple[str, dict]]:
