@@ -163,13 +163,17 @@ class ToolBoundaryConfig(_Section):
     clip(α + w·ΔH, 0, 1), ΔH = (Σ H over the first k tokens after the result − the same over the
     response's first k tokens) / log(vocab), computed on the segment after the result itself (no
     one-step lag) against this rollout's own start (no baseline carried across steps). ARPO's
-    beam_size = 2 is built in: a point gets a second branch only through the duplicate fallback.
+    `beam_size`: a preferred boundary spawns up to beam_size - 1 branches before the budget moves
+    on to the next one (2, ARPO's scripts: one branch per point; repeats then come only from the
+    duplicate fallback).
     """
 
     rank: Literal["entropy", "random"] = "entropy"
     branch_probability: float | None = Field(None, ge=0, le=1, description="α; null = every boundary is preferred")
     entropy_weight: float = Field(0.2, description="w")
     entropy_window: int = Field(20, ge=1, description="k tokens per segment")
+    beam_size: int = Field(2, ge=2, description="a preferred boundary gets up to beam_size - 1 branches (the "
+                           "copies count toward selection.max_per_rollout; selection.min_distance > 0 drops them)")
 
 
 class AdvantageConfig(_Section):

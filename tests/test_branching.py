@@ -165,6 +165,12 @@ def test_ablation_strategies_by_hand():
     # ARPO's rule with α = 1: every tool boundary preferred, the response starts only fill
     arpo = points(tb([a, b], 4, ctx_for(**{"tool_boundary.branch_probability": 1.0})))
     assert arpo == [("B", 4, "strict"), ("A", 6, "strict"), ("A", 2, "fill"), ("B", 2, "fill")]
+    # beam_size 3: each preferred boundary takes two branches before the next one, then the fill
+    beam = {"tool_boundary.branch_probability": 1.0, "tool_boundary.beam_size": 3}
+    assert points(tb([a, b], 6, ctx_for(**beam))) == [("B", 4, "strict"), ("B", 4, "strict"), ("A", 6, "strict"),
+                                                      ("A", 6, "strict"), ("A", 2, "fill"), ("B", 2, "fill")]
+    assert points(tb([a, b], 3, ctx_for(**{"tool_boundary.beam_size": 3}))) == [
+        ("B", 4, "strict"), ("B", 4, "strict"), ("A", 2, "strict")]
     # random: the generator's choice, reproducible
     r1, r2 = (points(BRANCHING.get("random")([a, b], 3, ctx_for())) for _ in range(2))
     assert r1 == r2 and len(set(r1)) == 3

@@ -4,7 +4,8 @@ Candidates are the first response token and the first model token after each too
 by Z(H) (or at random with `tool_boundary.rank=random`) and pooled per prompt. Without
 `branch_probability` every candidate is strict. With it, ARPO's rule decides which tool boundaries
 are preferred (see ToolBoundaryConfig); the others, and the response start (ARPO's fresh global
-sample), only fill the budget. The whitespace/punctuation exclusions do not apply: the boundary
+sample), only fill the budget. With `beam_size` > 2 a preferred boundary takes several branches
+in a row, as ARPO's beam does. The whitespace/punctuation exclusions do not apply: the boundary
 is the point, whatever its token.
 """
 
@@ -44,7 +45,13 @@ def rank_boundaries(s: RolloutScores, ctx: BranchContext) -> Candidates:
         p = np.clip(cfg.branch_probability + cfg.entropy_weight * delta, 0.0, 1.0)
         strict = ctx.rng.random(len(idx)) <= p
         strict[0] = False
-    return Candidates(s.traj, positions, score, strict)
+    return _beam(Candidates(s.traj, positions, score, strict), cfg.beam_size)
+
+
+def _beam(c: Candidates, beam_size: int) -> Candidates:
+    """Each strict boundary listed beam_size - 1 times (adjacent, so selection takes the copies together)."""
+    reps = np.where(c.strict, beam_size - 1, 1)
+    return Candidates(c.traj, np.repeat(c.positions, reps), np.repeat(c.score, reps), np.repeat(c.strict, reps))
 
 
 @BRANCHING.register("tool_boundary")
