@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import numpy as np
 import torch
@@ -36,8 +37,13 @@ def task_prompts(tokenizer, n: int) -> list[list[int]]:
     return [encode_prompt(tokenizer, train[i % len(train)], cfg.agent.tools, cfg.agent.prompt) for i in range(n)]
 
 
-def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> int:
-    """Plain transformers sampling, forced to exactly `new_tokens` per row; returns tokens generated."""
+def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, stop_at_eos: bool = False) -> int:
+    """Plain transformers sampling; returns the tokens generated.
+
+    Without `stop_at_eos` every row is forced to exactly `new_tokens`. With it, rows end at EOS as
+    in a rollout (generate pads a finished row until the longest one ends); a row's tokens are
+    counted up to and including its EOS.
+    """
     width = max(map(len, prompts))
     ids = torch.full((len(prompts), width), policy.pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -45,13 +51,17 @@ def hf_generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int) -> 
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
     gen_cfg = GenerationConfig(
-        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-        pad_token_id=policy.pad_id, eos_token_id=sorted(policy.eos_ids),
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+        min_new_tokens=0 if stop_at_eos else new_tokens, pad_token_id=policy.pad_id, eos_token_id=sorted(policy.eos_ids),
     )
     with torch.no_grad():
         out = policy.gen_model.generate(input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device),
-                                        generation_config=gen_cfg)
-    return (out.shape[1] - width) * len(prompts)
+                                        generation_config=gen_cfg)[:, width:].cpu()
+    if not stop_at_eos:
+        return out.numel()
+    is_eos = torch.isin(out, torch.tensor(sorted(policy.eos_ids)))
+    first = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, torch.full((len(out),), out.shape[1]))
+    return int(first.sum())
 
 
 def juncture_generate(policy: HFPolicy, prompts, new_tokens: int, gen: torch.Generator, stop_at_eos: bool) -> int:
@@ -89,6 +99,33 @@ def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, rep
     print(f"  rollout {dtype} batch={batch}: model.generate {row['hf_tok_s']:.1f} tok/s, juncture "
           f"{row['juncture_tok_s']:.1f} tok/s, juncture stopping at EOS {row['juncture_eos_tok_s']:.1f} tok/s",
           flush=True)
+    return row
+
+
+def bench_rollout_eos(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
+    """Both loops stopping rows at EOS, as rollouts do: generated tokens / s, summed over `repeats` seeds.
+
+    The same seed gives the two loops different samples (different random streams), so a row's
+    length differs between them; over many rows both draw lengths from the same distribution.
+    Timed interleaved; token and time totals are summed, not best-of, because lengths vary by seed.
+    """
+    prompts = task_prompts(policy.tokenizer, batch)
+    totals = {"hf": [0, 0.0], "juncture": [0, 0.0]}
+    hf_generate(policy, prompts, 8, stop_at_eos=True)  # warm-up
+    for seed in range(repeats):
+        for name in totals:
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            n = (hf_generate(policy, prompts, new_tokens, stop_at_eos=True) if name == "hf" else
+                 juncture_generate(policy, prompts, new_tokens, torch.Generator().manual_seed(seed), stop_at_eos=True))
+            totals[name][0] += n
+            totals[name][1] += time.perf_counter() - t0
+    row = {"dtype": dtype, "batch": batch, "seeds": repeats}
+    for name, (n, t) in totals.items():
+        row.update({f"{name}_tokens": n, f"{name}_s": t, f"{name}_tok_s": n / t})
+    row["ratio"] = row["juncture_tok_s"] / row["hf_tok_s"]
+    print(f"  rollout to EOS {dtype} batch={batch}: model.generate {row['hf_tok_s']:.1f} tok/s, "
+          f"juncture {row['juncture_tok_s']:.1f} tok/s", flush=True)
     return row
 
 
@@ -135,18 +172,24 @@ def main() -> None:
     ap.add_argument("--train-prompt-len", type=int, default=64)
     ap.add_argument("--train-response-len", type=int, default=192)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--eos-seeds", type=int, default=0,
+                    help="also time both loops stopping at EOS, summed over this many seeds (0: skip)")
+    ap.add_argument("--skip-equal-length", action="store_true", help="skip the equal-length comparison")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="write results to this JSON file")
     args = ap.parse_args()
     setup(args.threads)
     env = environment()
 
-    rollout, train = [], []
-    results = {"env": env, "args": vars(args), "rollout": rollout, "train": train}
+    rollout, rollout_eos, train = [], [], []
+    results = {"env": env, "args": vars(args), "rollout": rollout, "rollout_eos": rollout_eos, "train": train}
     for dtype in args.dtypes:
         policy = HFPolicy.load(ModelConfig(path="default", dtype=dtype), log=lambda *_: None)
         for b in args.batch_sizes:
-            rollout.append(bench_rollout(policy, dtype, b, args.new_tokens, args.repeats))
+            if not args.skip_equal_length:
+                rollout.append(bench_rollout(policy, dtype, b, args.new_tokens, args.repeats))
+            if args.eos_seeds:
+                rollout_eos.append(bench_rollout_eos(policy, dtype, b, args.new_tokens, args.eos_seeds))
             write_json(args.json, results, quiet=True)  # partial results survive an interrupted run
         if not args.skip_train:
             train.append(bench_train(policy, dtype, args.train_rows, args.train_prompt_len,
@@ -162,6 +205,10 @@ def main() -> None:
           "juncture_eos = juncture stopping rows at EOS):\n")
     print(markdown_table(rollout, ["dtype", "batch", "prompt_len", "hf_tokens", "hf_tok_s", "juncture_tokens",
                                    "juncture_tok_s", "ratio", "juncture_eos_tokens", "juncture_eos_tok_s"]))
+    if rollout_eos:
+        print("\nRollout to EOS (both loops stop rows at EOS; tokens and seconds summed over the seeds):\n")
+        print(markdown_table(rollout_eos, ["dtype", "batch", "seeds", "hf_tokens", "hf_s", "hf_tok_s",
+                                           "juncture_tokens", "juncture_s", "juncture_tok_s", "ratio"]))
     if train:
         print("\nTraining (forward+backward of the policy loss, one packed micro-batch):\n")
         print(markdown_table(train, ["dtype", "rows", "prompt_len", "response_len", "s", "trained_tok_s",
