@@ -201,10 +201,11 @@ def main() -> None:
     print(f"\nSmolLM2-135M-Instruct, {env['threads']} threads, torch {env['torch']}, "
           f"transformers {env['transformers']}, max_new_tokens={args.new_tokens}, best of {args.repeats}, "
           f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
-    print("Rollout (generated tokens/s; hf = model.generate; ratio = juncture / hf at equal lengths; "
-          "juncture_eos = juncture stopping rows at EOS):\n")
-    print(markdown_table(rollout, ["dtype", "batch", "prompt_len", "hf_tokens", "hf_tok_s", "juncture_tokens",
-                                   "juncture_tok_s", "ratio", "juncture_eos_tokens", "juncture_eos_tok_s"]))
+    if rollout:
+        print("Rollout (generated tokens/s; hf = model.generate; ratio = juncture / hf at equal lengths; "
+              "juncture_eos = juncture stopping rows at EOS):\n")
+        print(markdown_table(rollout, ["dtype", "batch", "prompt_len", "hf_tokens", "hf_tok_s", "juncture_tokens",
+                                       "juncture_tok_s", "ratio", "juncture_eos_tokens", "juncture_eos_tok_s"]))
     if rollout_eos:
         print("\nRollout to EOS (both loops stop rows at EOS; tokens and seconds summed over the seeds):\n")
         print(markdown_table(rollout_eos, ["dtype", "batch", "seeds", "hf_tokens", "hf_s", "hf_tok_s",
