@@ -6,7 +6,8 @@ entropies and stop strings), so this measures what that costs against plain
 per second a forward+backward of the policy loss trains, in fp32 and bf16 autocast.
 
     .venv/bin/python bench/throughput.py [--batch-sizes 1 8 16] [--new-tokens 128]
-        [--dtypes float32 bfloat16] [--repeats 2] [--json runs/bench/throughput.json]
+        [--dtypes float32 bfloat16] [--repeats 2] [--eos-seeds 4] [--skip-equal-length] [--skip-train]
+        [--json runs/bench/throughput.json]
 """
 
 from __future__ import annotations
