@@ -6,8 +6,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from juncture.policy.base import SamplingParams, logprobs_and_entropy
+from juncture.policy.base import SamplingParams
 from juncture.policy.sampling import inverse_cdf, sample_step, truncate
+
+
+def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference: log-prob of `targets` and entropy of softmax(logits) [..., V], in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
 def test_inverse_cdf_hand_worked():

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from test_sampling import logprobs_and_entropy
 
 from juncture.config import load_config
-from juncture.policy.base import Generation, logprobs_and_entropy
+from juncture.policy.base import Generation
 from juncture.policy.hf import HFPolicy
 from juncture.tasks import build_tasks
 from juncture.tools import ToolResult

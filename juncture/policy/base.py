@@ -1,4 +1,4 @@
-"""The policy interface shared by generation backends (HF transformers now; vLLM later)."""
+"""The policy interface shared by the generation backends (HF transformers, vLLM)."""
 
 from __future__ import annotations
 
@@ -44,13 +44,3 @@ class Policy(Protocol):
         generator: torch.Generator | None = None,
     ) -> list[Generation]: ...
 
-
-def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position log-prob of `targets` and entropy of softmax(logits), in float32.
-
-    logits: [..., V] (already divided by the temperature); targets: [...].
-    """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
