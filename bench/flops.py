@@ -17,15 +17,12 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 from common import environment, markdown_table, setup, write_json
-from throughput import synthetic_rows
+from throughput import update_step
 
-from juncture.config import LossConfig, ModelConfig
+from juncture.config import ModelConfig
 from juncture.policy.hf import DTYPES, HFPolicy
-from juncture.train.batching import pack, score
-from juncture.train.loss import policy_loss, token_weights
 
 
 def sync(device: torch.device) -> None:
@@ -74,24 +71,9 @@ def update_flops(config, tokens_per_row: list[int], logit_positions: int) -> flo
 
 def bench_update(policy: HFPolicy, rows: int, prompt_len: int, response_len: int, repeats: int) -> tuple[float, float]:
     """(seconds, useful FLOPs) of one forward+backward of the policy loss on one flat micro-batch."""
-    trajs = synthetic_rows(rows, prompt_len, response_len, policy.model.config.vocab_size)
-    packed = pack(trajs, policy.pad_id)
-    device = policy.device
-    weights = packed.tail(token_weights([np.asarray(t.loss_mask) for t in trajs], "token-mean", response_len))
-    adv = packed.tail([np.asarray(t.loss_mask, dtype=np.float32) * (1 if i % 2 else -1) for i, t in enumerate(trajs)])
-    weights, adv = weights.to(device), adv.to(device)
-    model = policy.model.train()
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        with policy.autocast():
-            logp, _ = score(model, packed, 1.0)
-        loss, _ = policy_loss(logp, logp.detach(), adv, weights, LossConfig())
-        loss.backward()
-
-    t = median_time(step, device, repeats, warmup=1)
-    flops = update_flops(model.config, [len(tr) for tr in trajs], rows * (packed.width + 1))
-    return t, flops
+    step, trajs, packed = update_step(policy, rows, prompt_len, response_len)
+    t = median_time(step, policy.device, repeats, warmup=1)
+    return t, update_flops(policy.model.config, [len(tr) for tr in trajs], rows * (packed.width + 1))
 
 
 def measure(model: str, device: str, dtypes: list[str], args, log=print) -> list[dict]:

@@ -37,12 +37,13 @@ def random_model(arch: str, root: Path) -> Path:
     """A random-weight Llama with SmolLM2's tokenizer, saved as an HF model directory."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from juncture.policy.hf import resolve_device
+
     target = root / arch
     cfg = LlamaConfig(vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True, bos_token_id=1,
                       eos_token_id=2, pad_token_id=2, **ARCHS[arch])
     torch.manual_seed(0)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
+    with resolve_device("auto"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)  # bf16 on disk: half the bytes; loaded as fp32
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(target)

@@ -141,12 +141,14 @@ def synthetic_rows(n: int, prompt_len: int, response_len: int, vocab: int, seed:
     return rows
 
 
-def bench_train(policy: HFPolicy, dtype: str, rows: int, prompt_len: int, response_len: int, repeats: int) -> dict:
-    """Forward+backward of the policy loss on one packed micro-batch (no optimizer step)."""
+def update_step(policy: HFPolicy, rows: int, prompt_len: int, response_len: int):
+    """(step, trajectories, packed): `step()` runs one forward+backward of the policy loss (no optimizer step)
+    on a flat micro-batch of synthetic rows, on the policy's device."""
     trajs = synthetic_rows(rows, prompt_len, response_len, policy.model.config.vocab_size)
     packed = pack(trajs, policy.pad_id)
     weights = packed.tail(token_weights([np.asarray(t.loss_mask) for t in trajs], "token-mean", response_len))
     adv = packed.tail([np.asarray(t.loss_mask, dtype=np.float32) * (1 if i % 2 else -1) for i, t in enumerate(trajs)])
+    weights, adv = weights.to(policy.device), adv.to(policy.device)
     model = policy.model.train()
 
     def step():
@@ -156,6 +158,12 @@ def bench_train(policy: HFPolicy, dtype: str, rows: int, prompt_len: int, respon
         loss, _ = policy_loss(logp, logp.detach(), adv, weights, LossConfig())
         loss.backward()
 
+    return step, trajs, packed
+
+
+def bench_train(policy: HFPolicy, dtype: str, rows: int, prompt_len: int, response_len: int, repeats: int) -> dict:
+    """Forward+backward of the policy loss on one packed micro-batch (no optimizer step)."""
+    step, _, packed = update_step(policy, rows, prompt_len, response_len)
     t = timed({"train": step}, repeats)["train"][0]
     trained, total = int(packed.loss_mask.sum()), int(packed.attention_mask.sum())
     print(f"  train {dtype}: {t:.2f} s per fwd+bwd", flush=True)
