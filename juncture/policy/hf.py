@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import nullcontext
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from juncture.config import ModelConfig
-from juncture.policy import prefix_cache
+from juncture.policy import packed, prefix_cache
 from juncture.policy.base import Generation, SamplingParams
 from juncture.policy.kv_cache import GrowableCache
 from juncture.policy.loading import resolve_model
@@ -41,6 +42,9 @@ class HFPolicy:
         self.prefix_reuse = prefix_reuse  # False forces the plain padded prefill (for tests and benchmarks)
         self.kv_store = prefix_cache.KVStore(kv_store_bytes) if kv_store_bytes else None  # used with prefix_reuse
         self.preallocate_kv = True  # False decodes with transformers' DynamicCache (for tests and benchmarks)
+        # CPU sampling multiplies by oneDNN-reordered weight copies (see packed); False: F.linear (tests, benchmarks)
+        self.pack_weights = packed.AVAILABLE
+        self._packed = packed.PackedLinears(self.gen_model)
 
     @classmethod
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = True) -> HFPolicy:
@@ -95,10 +99,12 @@ class HFPolicy:
         store = self.kv_store if self.prefix_reuse else None
         if store is not None:
             store.sync(self.gen_model)
-        # room for every sampled token but the last, which is never fed back
-        cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
-        with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):
-            return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
+        packing = self._packed.active() if self.pack_weights and self.device.type == "cpu" else nullcontext()
+        with packing:
+            # room for every sampled token but the last, which is never fed back
+            cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
+            with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):
+                return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
 
     def _prefill(self, prompts, store=None, reserve: int = 0):
         """KV cache, attention mask, last-token logits of the prompts (left-padded), and any SharedPrefix.

@@ -30,6 +30,8 @@ from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from juncture.policy.packed import weights_version
+
 # What one extra forward costs, in prompt tokens' worth of compute. On CPU a forward's fixed
 # cost (30 layers of Python and small kernels) is worth a few dozen tokens; on an accelerator
 # one padded batch forward is nearly free next to many sequential batch-1 ones.
@@ -68,7 +70,7 @@ class KVStore:
         self.weights: int | None = None
 
     def sync(self, model) -> None:
-        weights = hash(tuple((id(p), p._version) for p in model.parameters()))
+        weights = weights_version(model)
         if weights != self.weights:
             self.clear()
             self.weights = weights
