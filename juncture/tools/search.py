@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from juncture import jsonl
 from juncture.config import SearchToolConfig
 from juncture.policy.loading import cache_root
 from juncture.tools.base import ToolResult
@@ -56,21 +57,11 @@ def read_wiki(path: Path) -> list[Doc]:
 def read_jsonl(path: Path) -> list[Doc]:
     """Read {"title", "text"} records; a bad record is a ValueError naming the file and line."""
     docs = []
-    with path.open("rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:  # also covers invalid UTF-8
-                raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from None
-            if not (
-                isinstance(record, dict)
-                and isinstance(record.get("title"), str)
-                and isinstance(record.get("text"), str)
-            ):
-                raise ValueError(f"{path}:{lineno}: expected an object with string fields 'title' and 'text'")
-            docs.append((record["title"], record["text"]))
+    for where, record in jsonl.read(path):
+        if not (isinstance(record, dict) and isinstance(record.get("title"), str)
+                and isinstance(record.get("text"), str)):
+            raise ValueError(f"{where}: expected an object with string fields 'title' and 'text'")
+        docs.append((record["title"], record["text"]))
     if not docs:
         raise ValueError(f"{path}: the search corpus has no records")
     return docs

@@ -13,8 +13,6 @@ compares against (`previous_step`) are checkpointed beside the model for that re
 from __future__ import annotations
 
 import copy
-import gzip
-import json
 import logging
 import os
 import time
@@ -45,7 +43,7 @@ from juncture.train.loss import policy_loss, token_weights
 from juncture.train.metrics import MetricsLogger
 from juncture.train.tree_packing import packer
 from juncture.train.trees import TreeLogger
-from juncture.tree import Source, Trajectory
+from juncture.tree import Source, Trajectory, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -372,12 +370,7 @@ class Trainer:
         target = self.run_dir / "rollouts" / f"step_{step:06d}.jsonl.gz"
         with writing(f"rollouts of step {step}", target):
             target.parent.mkdir(exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with gzip.open(tmp, "wt") as f:
-                for t in trajs:
-                    f.write(json.dumps(t.to_dict()) + "\n")
-                crash_point("rollouts", step)
-            os.replace(tmp, target)
+            write_jsonl(trajs, target, before_publish=lambda: crash_point("rollouts", step))
 
     def train_step(self, step: int) -> dict:
         trajs, metrics, ctx = self._rollout(step)

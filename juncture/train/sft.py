@@ -9,13 +9,13 @@ tokens are masked from the loss exactly as in RL.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from juncture import jsonl
 from juncture.agent import encode_prompt
 from juncture.agent.protocol import result_text
 from juncture.config import RunConfig
@@ -42,18 +42,11 @@ def demo_response(task: Task, tools: dict) -> str:
 def load_demos(path: str | Path) -> list[tuple[str, str]]:
     """(question, response) pairs from a JSONL file; a bad line names file, line and field."""
     out = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskDataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-            for field in ("question", "response"):
-                if not isinstance(rec.get(field), str):
-                    raise TaskDataError(f"{path}:{lineno}: field '{field}' is missing or not a string")
-            out.append((rec["question"], rec["response"]))
+    for where, rec in jsonl.read(path, TaskDataError):
+        for field in ("question", "response"):
+            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+                raise TaskDataError(f"{where}: field '{field}' is missing or not a string")
+        out.append((rec["question"], rec["response"]))
     if not out:
         raise TaskDataError(f"{path}: no demonstrations")
     return out

@@ -16,17 +16,15 @@ budget is not kept (with a warning: lower `logging.tree_prompts`).
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from juncture import jsonl
 from juncture.config import AlgorithmConfig, LoggingConfig
 from juncture.tree import Source, Trajectory, group_by
 
@@ -155,22 +153,11 @@ def tree_files(directory: Path) -> dict[int, Path]:
 
 def read_trees(path: Path) -> list[dict]:
     """The tree records of one step file; a bad file or line raises ValueError naming it."""
-    try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable gzip JSONL tree file: {e}") from e
     out = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno}: not valid JSON: {e}") from e
+    for where, rec in jsonl.read(path):
         missing = [k for k in ("step", "prompt", "nodes") if not isinstance(rec, dict) or k not in rec]
         if missing:
-            raise ValueError(f"{path}:{lineno}: tree record lacks {', '.join(missing)}")
+            raise ValueError(f"{where}: tree record lacks {', '.join(missing)}")
         out.append(rec)
     return out
 
@@ -198,14 +185,9 @@ class TreeLogger:
         by_id = {t.traj_id: a for t, a in zip(trajs, advs, strict=True)}
         groups = list(group_by(trajs).values())[: self.cfg.tree_prompts]
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"step_{step:06d}.jsonl.gz"
-        tmp = path.with_name(path.name + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8") as f:
-            for g in groups:
-                rec = tree_record(step, g, by_id, scores, self.alg, self.mask, self.decode, self.cache,
-                                  self.questions.get(g[0].task_id))
-                f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        records = (tree_record(step, g, by_id, scores, self.alg, self.mask, self.decode, self.cache,
+                               self.questions.get(g[0].task_id)) for g in groups)
+        path = jsonl.write(self.dir / f"step_{step:06d}.jsonl.gz", records, compact=True)
         self.enforce_budget(step)
         return path
 

@@ -8,12 +8,13 @@ the only way to grow a trajectory and `check` enforces the invariant.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
+
+from juncture import jsonl
 
 
 class Source(IntEnum):
@@ -220,22 +221,18 @@ class Trajectory:
         return traj
 
 
-def write_jsonl(trajs: Iterable[Trajectory], path: str | Path) -> None:
-    with open(path, "w") as f:
-        for t in trajs:
-            f.write(json.dumps(t.to_dict()) + "\n")
+def write_jsonl(trajs: Iterable[Trajectory], path: str | Path, before_publish=None) -> Path:
+    """Trajectories as JSON lines (gzipped for a `.gz` path), published by rename."""
+    return jsonl.write(path, (t.to_dict() for t in trajs), before_publish=before_publish)
 
 
 def read_jsonl(path: str | Path) -> list[Trajectory]:
     out = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Trajectory.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError, KeyError, AssertionError) as e:
-                raise ValueError(f"{path}:{lineno}: not a valid trajectory record: {e}") from e
+    for where, record in jsonl.read(path):
+        try:
+            out.append(Trajectory.from_dict(record))
+        except (TypeError, ValueError, KeyError, AssertionError, AttributeError) as e:
+            raise ValueError(f"{where}: not a valid trajectory record: {e}") from e
     return out
 
 
