@@ -153,7 +153,7 @@ def update_step(policy: HFPolicy, rows: int, prompt_len: int, response_len: int)
 
     def step():
         model.zero_grad(set_to_none=True)
-        with policy.autocast():
+        with policy.train_forward():
             logp, _ = score(model, packed, 1.0)
         loss, _ = policy_loss(logp, logp.detach(), adv, weights, LossConfig())
         loss.backward()
@@ -161,14 +161,41 @@ def update_step(policy: HFPolicy, rows: int, prompt_len: int, response_len: int)
     return step, trajs, packed
 
 
-def bench_train(policy: HFPolicy, dtype: str, rows: int, prompt_len: int, response_len: int, repeats: int) -> dict:
-    """Forward+backward of the policy loss on one packed micro-batch (no optimizer step)."""
+def bench_train(policy: HFPolicy, dtype: str, rows: int, prompt_len: int, response_len: int, repeats: int) -> list[dict]:
+    """Forward+backward of the policy loss on one packed micro-batch (no optimizer step).
+
+    fp32 on a CPU is timed both ways, interleaved: through the oneDNN-reordered weights (the default,
+    `policy.pack_weights`) and through plain `F.linear`.
+    """
     step, _, packed = update_step(policy, rows, prompt_len, response_len)
-    t = timed({"train": step}, repeats)["train"][0]
+    both = dtype == "float32" and policy.pack_weights and policy.device.type == "cpu"
+
+    def with_packing(on: bool):
+        def run():
+            policy.pack_weights = on
+            try:
+                step()
+            finally:
+                policy.pack_weights = both
+        return run
+
+    fns = {"oneDNN reordered": with_packing(True), "F.linear": with_packing(False)} if both else {"default": step}
     trained, total = int(packed.loss_mask.sum()), int(packed.attention_mask.sum())
-    print(f"  train {dtype}: {t:.2f} s per fwd+bwd", flush=True)
-    return {"dtype": dtype, "rows": rows, "prompt_len": prompt_len, "response_len": response_len, "s": t,
-            "trained_tok_s": trained / t, "total_tok_s": total / t}
+    out = []
+    for matmuls, (t, _) in timed(fns, repeats).items():
+        print(f"  train {dtype} ({matmuls}): {t:.2f} s per fwd+bwd", flush=True)
+        out.append({"dtype": dtype, "matmuls": matmuls, "rows": rows, "prompt_len": prompt_len,
+                    "response_len": response_len, "s": t, "trained_tok_s": trained / t, "total_tok_s": total / t})
+    if both:  # what the reordered copies cost after each optimizer step (weights and their transposes)
+        out[0]["remake_s"] = timed({"remake": lambda: remake_packed(policy)}, repeats)["remake"][0]
+        print(f"  re-making the reordered copies after a weight change: {out[0]['remake_s']:.2f} s", flush=True)
+    return out
+
+
+def remake_packed(policy: HFPolicy) -> None:
+    with torch.no_grad():
+        next(policy.model.parameters()).add_(0.0)  # bumps the version, as an optimizer step does
+    policy._packed.sync(transposed=True)
 
 
 def main() -> None:
@@ -201,7 +228,7 @@ def main() -> None:
                 rollout_eos.append(bench_rollout_eos(policy, dtype, b, args.new_tokens, args.eos_seeds))
             write_json(args.json, results, quiet=True)  # partial results survive an interrupted run
         if not args.skip_train:
-            train.append(bench_train(policy, dtype, args.train_rows, args.train_prompt_len,
+            train.extend(bench_train(policy, dtype, args.train_rows, args.train_prompt_len,
                                      args.train_response_len, args.repeats))
             write_json(args.json, results, quiet=True)
         del policy
@@ -221,8 +248,8 @@ def main() -> None:
                                            "juncture_tokens", "juncture_s", "juncture_tok_s", "ratio"]))
     if train:
         print("\nTraining (forward+backward of the policy loss, one packed micro-batch):\n")
-        print(markdown_table(train, ["dtype", "rows", "prompt_len", "response_len", "s", "trained_tok_s",
-                                     "total_tok_s"]))
+        print(markdown_table(train, ["dtype", "matmuls", "rows", "prompt_len", "response_len", "s", "trained_tok_s",
+                                     "total_tok_s", "remake_s"]))
     write_json(args.json, results)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_kv_cache import assert_same
@@ -9,6 +10,7 @@ from test_policy_prefix import rand_tokens
 from torch import nn
 
 from juncture.config import ModelConfig
+from juncture.credit import train_mask
 from juncture.policy import packed
 from juncture.policy.base import SamplingParams
 from juncture.policy.hf import HFPolicy
@@ -84,3 +86,83 @@ def test_generations_match_plain_linear(policy, params):
             policy.pack_weights = packed.AVAILABLE
     assert_same(outs[True], outs[False])
     assert all("forward" not in vars(m) for m in policy.gen_model.modules())
+
+
+# --- fp32 training through the reordered weights ---
+
+
+def loss_and_grads(net, x, packing=None):
+    net.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    if packing is None:
+        loss = net(x).square().mean()
+    else:
+        with packing.active(training=True):
+            loss = net(x).square().mean()
+    loss.backward()
+    return loss.detach(), x.grad, {name: p.grad for name, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("shape", [(6, 24), (2, 5, 24)])
+def test_training_gradients_match_linear(shape):
+    """Loss, input gradient and every weight and bias gradient equal the F.linear path's."""
+    net = small_net(torch.float32)
+    x = torch.randn(shape)
+    want = loss_and_grads(net, x)
+    got = loss_and_grads(net, x, packed.PackedLinears(net))
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-6)
+    assert got[2].keys() == want[2].keys() == {"0.weight", "2.weight", "2.bias"}
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-4, atol=1e-6)
+
+
+def test_training_steps_follow_the_weights():
+    """After an optimizer step the next forward multiplies by re-made copies: the same trajectory of losses."""
+    x = torch.randn(8, 24)
+    losses = {}
+    for use in (False, True):
+        net = small_net(torch.float32)
+        packing = packed.PackedLinears(net) if use else None
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        losses[use] = []
+        for _ in range(4):
+            loss, _, _ = loss_and_grads(net, x, packing)
+            opt.step()
+            losses[use].append(loss.item())
+    assert losses[True][-1] < losses[True][0]  # training moved the weights
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+
+
+def test_policy_train_forward_uses_them_in_fp32_only(tiny_model_dir):
+    fp32 = HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))
+    linear = next(m for m in fp32.model.modules() if type(m) is nn.Linear)
+    with fp32.train_forward():
+        assert "forward" in vars(linear)
+    assert "forward" not in vars(linear)
+    bf16 = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16"))
+    linear = next(m for m in bf16.model.modules() if type(m) is nn.Linear)
+    with bf16.train_forward():
+        assert "forward" not in vars(linear) and torch.is_autocast_enabled("cpu")
+
+
+def test_trainer_gradients_match_plain_linear(tiny_model_dir, tmp_path):
+    """A whole APPO mini-batch (tree-packed, branch rows trained, clip active): the same gradients either way."""
+    from test_tree_packing import agent_tree, make_trainer
+
+    grads, stats = {}, {}
+    for use in (True, False):
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(use), "tree", 4)
+        trainer.policy.pack_weights = use
+        rows_t = agent_tree(trainer.policy.tokenizer)
+        advs = trainer.credit(rows_t, trainer.cfg.algorithm)
+        rows = [(t, a, train_mask(t, trainer.cfg.algorithm)) for t, a in zip(rows_t, advs, strict=True)]
+        old = [c + 0.3 for c in trainer._rows_logprobs("policy", rows_t)]
+        stats[use] = trainer.accumulate_grads(rows, np.arange(len(rows)), old, None)
+        grads[use] = {n: p.grad for n, p in trainer.policy.model.named_parameters() if p.grad is not None}
+    assert stats[True]["clip_frac"] > 0 and grads[True].keys() == grads[False].keys() and len(grads[True]) > 10
+    for k in stats[False]:
+        assert stats[True][k] == pytest.approx(stats[False][k], rel=1e-4, abs=1e-5), k
+    for name, want in grads[False].items():
+        scale = float(want.abs().max())
+        torch.testing.assert_close(grads[True][name], want, atol=1e-4 * scale + 1e-9, rtol=1e-3)

@@ -63,9 +63,14 @@ class HFPolicy:
         if self.kv_store is not None:
             self.kv_store.clear()  # stale now; free the memory before the next rollouts
 
-    def autocast(self):
-        """Context for training forwards: bf16 autocast over fp32 master weights, or nothing."""
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+    def train_forward(self):
+        """Context for training forwards: bf16 autocast over fp32 master weights; in fp32 on a CPU, the
+        oneDNN-reordered weights (see packed); else nothing."""
+        if self.dtype != torch.float32:
+            return torch.autocast(self.device.type, dtype=self.dtype)
+        if self.pack_weights and self.device.type == "cpu":
+            return self._packed.active(training=True)  # fp32: gen_model is model
+        return nullcontext()
 
     @property
     def device(self) -> torch.device:

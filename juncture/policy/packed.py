@@ -9,11 +9,17 @@ and about 1.5x in bf16 on this project's machine (docs/benchmarks.md). bf16 resu
 bit-identical to `F.linear`; fp32 ones differ by accumulation order (~1e-6 relative).
 
 The copies cost one more set of Linear weights in memory (the tied embedding included).
+
+fp32 training forwards use them too (`active(training=True)`): `PackedLinear` multiplies by the
+reordered weight forward and by a reordered transpose for the input gradient; the weight gradient
+stays a plain matmul of the step's activations. This is for fp32 only: under bf16 autocast
+`F.linear` already runs oneDNN.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
@@ -28,27 +34,31 @@ def weights_version(model: nn.Module) -> int:
 
 
 class PackedLinears:
-    """Reordered copies of a model's Linear weights, re-made lazily after the weights change."""
+    """Reordered copies of a model's Linear weights (and, for training, of their transposes), re-made lazily
+    after the weights change."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.version: int | None = None
         self.weights: dict[nn.Linear, torch.Tensor] = {}
+        self.transposed: dict[nn.Linear, torch.Tensor] = {}
 
-    def sync(self) -> None:
+    def sync(self, transposed: bool = False) -> None:
         version = weights_version(self.model)
         if version != self.version:
-            self.weights = {}  # free the stale copies before making new ones
-            self.weights = {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), BATCH_HINT)
-                            for m in self.model.modules() if type(m) is nn.Linear}
+            self.weights, self.transposed = {}, {}  # free the stale copies before making new ones
+            self.weights = {m: _reorder(m.weight) for m in self.model.modules() if type(m) is nn.Linear}
             self.version = version
+        if transposed and not self.transposed:
+            self.transposed = {m: _reorder(m.weight.t()) for m in self.weights}
 
     @contextmanager
-    def active(self):
-        """Inside the block, (no-grad) forwards of the model's Linears use the reordered weights."""
-        self.sync()
+    def active(self, training: bool = False):
+        """Inside the block the model's Linears multiply by the reordered weights; with `training`, differentiably."""
+        self.sync(transposed=training)
         for module, weight in self.weights.items():
-            module.forward = _packed_forward(weight, module.bias)
+            module.forward = (partial(_trainable, module, weight, self.transposed[module]) if training
+                              else partial(_packed, weight, module.bias))
         try:
             yield
         finally:
@@ -56,8 +66,33 @@ class PackedLinears:
                 del module.forward  # back to nn.Linear.forward
 
 
-def _packed_forward(weight: torch.Tensor, bias: torch.Tensor | None):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+def _reorder(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), BATCH_HINT)
 
-    return forward
+
+def _packed(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+
+
+def _trainable(module: nn.Linear, weight: torch.Tensor, transposed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return PackedLinear.apply(x, module.weight, module.bias, weight, transposed)
+
+
+class PackedLinear(torch.autograd.Function):
+    """y = x W^T + b with W reordered for the forward and W^T reordered for the input gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, packed, packed_t):
+        ctx.save_for_backward(x)
+        ctx.packed_t, ctx.has_bias = packed_t, bias is not None
+        return _packed(packed, bias, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = _packed(ctx.packed_t, None, grad) if ctx.needs_input_grad[0] else None
+        flat = grad.reshape(-1, grad.shape[-1])
+        grad_w = flat.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_b = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None

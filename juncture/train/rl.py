@@ -237,7 +237,7 @@ class Trainer:
         if self.cfg.train.packing == "tree":
             todo.sort(key=lambda t: t.tokens)  # neighbours share prefixes
         mb = self.cfg.train.micro_batch_size
-        with torch.no_grad(), self.policy.autocast():
+        with torch.no_grad(), self.policy.train_forward():
             for i in range(0, len(todo), mb):
                 chunk = todo[i : i + mb]
                 packed = self.pack(chunk)
@@ -316,7 +316,7 @@ class Trainer:
         cfg = self.cfg
         trajs = [t for t, _, _ in rows]
         packed = self.pack(trajs)
-        with self.policy.autocast():
+        with self.policy.train_forward():
             logp, entropy = self.score(self.policy.model, packed, cfg.sampling.temperature,
                                        with_entropy=cfg.loss.entropy_coef > 0)
 

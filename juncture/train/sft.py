@@ -92,7 +92,7 @@ def run_sft(policy, data: list[Trajectory], cfg: RunConfig, log=print) -> list[f
         total = 0.0
         for i in range(0, len(batch), cfg.train.micro_batch_size):
             packed = pack(batch[i : i + cfg.train.micro_batch_size], policy.pad_id)
-            with policy.autocast():
+            with policy.train_forward():
                 logp, _ = score(model, packed, 1.0)
             loss = -(logp * packed.loss_mask.to(logp.device)).sum() / n_tok
             loss.backward()
