@@ -44,22 +44,32 @@ def environment() -> dict:
     return env
 
 
-def timed(fns: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, object]]:
-    """{name: (best wall time, last result)} over `repeats` calls of each fn, after `warmup` untimed calls.
+def timed(fns: dict, repeats: int, warmup: int = 1, device: torch.device | None = None,
+          stat=min) -> dict[str, tuple[float, object]]:
+    """{name: (`stat` of the wall times, last result)} over `repeats` calls of each fn, after `warmup` untimed calls.
 
     The fns are interleaved (a, b, a, b, ...) so a burst of load from other processes hits
-    both, and the best time is kept because interference only ever adds time.
+    both; the default keeps the best time, because interference only ever adds time. On a CUDA
+    `device` every call is bracketed by a synchronize, so its time covers the kernels it queued.
     """
+
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    best = {name: (float("inf"), None) for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    last = dict.fromkeys(fns)
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
-            out = fn()
-            best[name] = (min(best[name][0], time.perf_counter() - t0), out)
-    return best
+            last[name] = fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: (stat(ts), last[name]) for name, ts in times.items()}
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 
 import torch
-from common import environment, markdown_table, setup, write_json
+from common import environment, markdown_table, setup, timed, write_json
 from throughput import update_step
 
 from juncture.config import ModelConfig
@@ -27,22 +26,8 @@ from juncture.policy import packed
 from juncture.policy.hf import DTYPES, HFPolicy
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median_time(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed({"fn": fn}, repeats, warmup, device, statistics.median)["fn"][0]
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> dict[str, float]:
