@@ -166,3 +166,16 @@ def test_trainer_gradients_match_plain_linear(tiny_model_dir, tmp_path):
     for name, want in grads[False].items():
         scale = float(want.abs().max())
         torch.testing.assert_close(grads[True][name], want, atol=1e-4 * scale + 1e-9, rtol=1e-3)
+
+
+def test_config_turns_them_off(tiny_model_dir):
+    """`model.reordered_weights=false`: plain F.linear everywhere, no copies made."""
+    from juncture.config import load_config
+
+    cfg = load_config(None, [f"model.path={tiny_model_dir}", "model.reordered_weights=false"])
+    policy = HFPolicy.load(cfg.model)
+    assert not policy.pack_weights
+    policy.generate([rand_tokens(12, 1)], [4], SamplingParams(), torch.Generator().manual_seed(0))
+    with policy.train_forward():
+        assert all("forward" not in vars(m) for m in policy.model.modules())
+    assert not policy._packed.weights

@@ -31,7 +31,7 @@ class HFPolicy:
     """
 
     def __init__(self, model, tokenizer, dtype: str = "float32", prefix_reuse: bool = True,
-                 kv_store_bytes: int = 1 << 30):
+                 kv_store_bytes: int = 1 << 30, reordered_weights: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = DTYPES[dtype]
@@ -42,8 +42,8 @@ class HFPolicy:
         self.prefix_reuse = prefix_reuse  # False forces the plain padded prefill (for tests and benchmarks)
         self.kv_store = prefix_cache.KVStore(kv_store_bytes) if kv_store_bytes else None  # used with prefix_reuse
         self.preallocate_kv = True  # False decodes with transformers' DynamicCache (for tests and benchmarks)
-        # CPU sampling multiplies by oneDNN-reordered weight copies (see packed); False: F.linear (tests, benchmarks)
-        self.pack_weights = packed.AVAILABLE
+        # CPU sampling (and fp32 training) multiplies by oneDNN-reordered weight copies (see packed); False: F.linear
+        self.pack_weights = reordered_weights and packed.AVAILABLE
         self._packed = packed.PackedLinears(self.gen_model)
 
     @classmethod
@@ -54,7 +54,7 @@ class HFPolicy:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(resolve_device(cfg.device))
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return cls(model, tokenizer, cfg.dtype, prefix_reuse)
+        return cls(model, tokenizer, cfg.dtype, prefix_reuse, reordered_weights=cfg.reordered_weights)
 
     def sync_weights(self) -> None:
         """Copy the trained weights into the sampling model after an optimizer step."""

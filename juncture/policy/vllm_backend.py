@@ -35,8 +35,10 @@ class VLLMPolicy(HFPolicy):
     As in HFPolicy, rows stop at `eos_ids` (an empty set: never at EOS, as benchmarks want).
     """
 
-    def __init__(self, model, tokenizer, llm, dtype: str = "float32", score_batch: int = 8):
-        super().__init__(model, tokenizer, dtype, prefix_reuse=False, kv_store_bytes=0)
+    def __init__(self, model, tokenizer, llm, dtype: str = "float32", score_batch: int = 8,
+                 reordered_weights: bool = True):
+        super().__init__(model, tokenizer, dtype, prefix_reuse=False, kv_store_bytes=0,
+                         reordered_weights=reordered_weights)
         self.llm = llm
         self.score_batch = score_batch
 
@@ -55,7 +57,7 @@ class VLLMPolicy(HFPolicy):
             enable_prefix_caching=cfg.vllm.prefix_caching, enforce_eager=cfg.vllm.enforce_eager,
             gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
         )
-        return cls(base.model, base.tokenizer, llm, cfg.dtype)
+        return cls(base.model, base.tokenizer, llm, cfg.dtype, reordered_weights=cfg.reordered_weights)
 
     def sync_weights(self) -> None:
         """Copy the trained weights into the bf16 HF copy (if any) and into the vLLM engine."""
