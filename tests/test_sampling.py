@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from juncture.policy.base import SamplingParams
-from juncture.policy.sampling import inverse_cdf, sample_step, truncate
+from juncture.policy.sampling import inverse_cdf, new_scratch, sample_step, truncate
 
 
 def logprobs_and_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,3 +85,25 @@ def test_greedy_takes_the_argmax_and_ignores_temperature():
     tokens, logp, _ = sample_step(logits, SamplingParams(greedy=True, temperature=0.1))
     assert tokens.tolist() == [1, 0]
     assert torch.allclose(logp, torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.integers(0, 1000), st.sampled_from([0.5, 1.0, 1.7]))
+def test_a_reused_scratch_changes_nothing(batch_sizes, seed, temperature):
+    """A decode loop passes one scratch while its batch shrinks: the same tokens, log-probs and entropies as
+    fresh buffers, the logits untouched, and nothing returned that the next step overwrites."""
+    params = SamplingParams(temperature=temperature, top_k=5 if seed % 2 else 0)
+    scratch = new_scratch(max(batch_sizes), 300, torch.device("cpu"))
+    previous = None
+    for i, n in enumerate(batch_sizes):
+        logits = (torch.randn(n, 300, generator=torch.Generator().manual_seed(seed + i)) * 4).to(torch.bfloat16)
+        kept = logits.clone()
+        got = sample_step(logits, params, torch.Generator().manual_seed(seed), scratch)
+        want = sample_step(logits, params, torch.Generator().manual_seed(seed))
+        assert torch.equal(logits, kept)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+        ref_logp, ref_ent = logprobs_and_entropy(logits.float() / temperature, got[0])
+        assert torch.allclose(got[1], ref_logp, atol=1e-5) and torch.allclose(got[2], ref_ent, atol=1e-4)
+        if previous is not None:
+            assert all(torch.equal(a, b) for a, b in zip(previous[0], previous[1], strict=True))
+        previous = (got, tuple(t.clone() for t in got))

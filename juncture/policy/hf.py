@@ -19,7 +19,7 @@ from juncture.policy import packed, prefix_cache
 from juncture.policy.base import Generation, SamplingParams
 from juncture.policy.kv_cache import GrowableCache
 from juncture.policy.loading import resolve_model
-from juncture.policy.sampling import sample_step
+from juncture.policy.sampling import new_scratch, sample_step
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -144,8 +144,9 @@ class HFPolicy:
         texts = [""] * n
         rows = list(range(n))  # original index of each live row of the cache
         longest_stop = max((len(s) for s in params.stop_strings), default=0)
+        scratch = new_scratch(n, logits.shape[-1], device)  # reused every step: see sample_step
         while rows:
-            tokens, logp, ent = sample_step(logits, params, generator)
+            tokens, logp, ent = sample_step(logits, params, generator, scratch)
             keep = []
             for j, (i, tok, lp, h) in enumerate(zip(rows, tokens.tolist(), logp.tolist(), ent.tolist(), strict=True)):
                 out = outs[i]

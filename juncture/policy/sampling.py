@@ -15,21 +15,38 @@ from juncture.policy.base import SamplingParams
 
 
 def sample_step(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None = None,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(tokens [n], log-probs [n], entropies [n]) for last-position logits [n, V].
 
     Log-prob and entropy are under the temperature-scaled distribution before top-k/top-p
-    truncation (see `Generation`); the token is drawn from the truncated one.
+    truncation (see `Generation`); the token is drawn from the truncated one. `scratch`, fp32
+    [2, >= n, V], holds the log-probabilities and probabilities instead of new tensors: a decode
+    loop passes the same one every step, because on a CPU each fresh multi-megabyte tensor
+    page-faults in again (see `new_scratch`).
     """
-    scaled = logits.float()
-    if not params.greedy and params.temperature != 1.0:
-        scaled = scaled / params.temperature
-    logp = torch.log_softmax(scaled, dim=-1)
-    probs = logp.exp()
-    entropy = -(probs * logp).sum(-1)
-    tokens = scaled.argmax(-1) if params.greedy else inverse_cdf(truncate(probs, params), generator)
+    n = logits.shape[0]
+    scratch = new_scratch(n, logits.shape[1], logits.device) if scratch is None else scratch
+    logp, probs = scratch[0, :n], scratch[1, :n]
+    logp.copy_(logits)  # fp32 from here on
+    if params.greedy:
+        tokens = logp.argmax(-1)
+    elif params.temperature != 1.0:
+        logp.div_(params.temperature)
+    top = logp.amax(-1, keepdim=True)
+    total = torch.sub(logp, top, out=probs).exp_().sum(-1, keepdim=True)
+    logp.sub_(top + total.log())  # log-softmax, in place
+    probs.div_(total)  # softmax
+    entropy = -(probs[:, None, :] @ logp[:, :, None]).view(n)  # a dot product per row: no [n, V] temporary
+    if not params.greedy:
+        tokens = inverse_cdf(truncate(probs, params), generator)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1), entropy
+
+
+def new_scratch(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """The `scratch` of sample_step for up to `rows` rows."""
+    return torch.empty((2, rows, vocab), dtype=torch.float32, device=device)
 
 
 def truncate(probs: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -53,7 +70,8 @@ def inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None = None)
     """
     n, v = weights.shape
     u = torch.rand((n, 1), generator=generator, dtype=torch.float64).to(weights.device)
-    blocks = torch.nn.functional.pad(weights, (0, -v % BLOCK)).view(n, -1, BLOCK)
+    padded = weights if v % BLOCK == 0 else torch.nn.functional.pad(weights, (0, -v % BLOCK))
+    blocks = padded.reshape(n, -1, BLOCK)
     block, u = _pick(blocks.sum(-1, dtype=torch.float64), u)
     inner, _ = _pick(blocks[torch.arange(n, device=weights.device), block].double(), u)
     return block * BLOCK + inner
