@@ -45,8 +45,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
         a, b = (torch.randn(m, m, device=device, dtype=dtype, generator=g) for _ in range(2))
         best["mm"] = max(best["mm"], 2 * m**3 / median_time(lambda a=a, b=b: a @ b, device, repeats))
         if device.type == "cpu" and packed.AVAILABLE:
-            w = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), m)
-            fn = partial(torch.ops.mkldnn._linear_pointwise, a, w, None, "none", [], "")
+            fn = partial(packed.linear, packed.reorder(b.t(), m), None, a)
             best["onednn"] = max(best.get("onednn", 0.0), 2 * m**3 / median_time(fn, device, repeats))
     return best
 

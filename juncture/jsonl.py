@@ -19,8 +19,13 @@ def _open(path: Path, mode: str, gz: bool):
     return gzip.open(path, mode) if gz else open(path, mode)
 
 
-def read(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, object]]:
-    """(where, value) for every non-blank line, where = "path:line"; a line that is not JSON raises `error`."""
+def read(path: str | Path, error: type[Exception] = ValueError,
+         on_bad: Callable[[str, ValueError], None] | None = None) -> Iterator[tuple[str, object]]:
+    """(where, value) for every non-blank line, where = "path:line".
+
+    A line that is not JSON raises `error`, or, with `on_bad`, is passed to it (where, the parse error)
+    and skipped: for readers that collect every problem, or tolerate a torn last line.
+    """
     path = Path(path)
     try:
         with _open(path, "rb", path.suffix == ".gz") as f:
@@ -30,7 +35,10 @@ def read(path: str | Path, error: type[Exception] = ValueError) -> Iterator[tupl
                 try:
                     value = json.loads(line)
                 except ValueError as e:  # also invalid UTF-8
-                    raise error(f"{path}:{n}: not valid JSON: {e}") from None
+                    if on_bad is None:
+                        raise error(f"{path}:{n}: not valid JSON: {e}") from None
+                    on_bad(f"{path}:{n}", e)
+                    continue
                 yield f"{path}:{n}", value
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise error(f"{path}: not a readable gzip file: {e}") from None

@@ -60,3 +60,12 @@ def test_a_write_that_fails_leaves_the_old_file(tmp_path):
     assert [v for _, v in jsonl.read(path)] == [{"v": "old"}]
     jsonl.write(path, [{"v": "new"}])
     assert [v for _, v in jsonl.read(path)] == [{"v": "new"}]
+
+
+def test_on_bad_reports_and_skips(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\nnot json\n\n{"step": 2}\n{"step": 3, "torn')
+    bad = []
+    got = [v for _, v in jsonl.read(path, on_bad=lambda where, e: bad.append((where, type(e).__name__)))]
+    assert got == [{"step": 1}, {"step": 2}]
+    assert bad == [(f"{path}:2", "JSONDecodeError"), (f"{path}:5", "JSONDecodeError")]

@@ -68,9 +68,11 @@ class HFPolicy:
         oneDNN-reordered weights (see packed); else nothing."""
         if self.dtype != torch.float32:
             return torch.autocast(self.device.type, dtype=self.dtype)
-        if self.pack_weights and self.device.type == "cpu":
-            return self._packed.active(training=True)  # fp32: gen_model is model
-        return nullcontext()
+        # fp32: gen_model is model. A no-grad pass (old-policy log-probs) needs no transposed copies.
+        return self._packed.active(training=torch.is_grad_enabled()) if self._reordering() else nullcontext()
+
+    def _reordering(self) -> bool:
+        return self.pack_weights and self.device.type == "cpu"
 
     @property
     def device(self) -> torch.device:
@@ -104,8 +106,7 @@ class HFPolicy:
         store = self.kv_store if self.prefix_reuse else None
         if store is not None:
             store.sync(self.gen_model)
-        packing = self._packed.active() if self.pack_weights and self.device.type == "cpu" else nullcontext()
-        with packing:
+        with self._packed.active() if self._reordering() else nullcontext():
             # room for every sampled token but the last, which is never fed back
             cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
             with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):

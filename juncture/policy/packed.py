@@ -47,10 +47,10 @@ class PackedLinears:
         version = weights_version(self.model)
         if version != self.version:
             self.weights, self.transposed = {}, {}  # free the stale copies before making new ones
-            self.weights = {m: _reorder(m.weight) for m in self.model.modules() if type(m) is nn.Linear}
+            self.weights = {m: reorder(m.weight) for m in self.model.modules() if type(m) is nn.Linear}
             self.version = version
         if transposed and not self.transposed:
-            self.transposed = {m: _reorder(m.weight.t()) for m in self.weights}
+            self.transposed = {m: reorder(m.weight.t()) for m in self.weights}
 
     @contextmanager
     def active(self, training: bool = False):
@@ -58,7 +58,7 @@ class PackedLinears:
         self.sync(transposed=training)
         for module, weight in self.weights.items():
             module.forward = (partial(_trainable, module, weight, self.transposed[module]) if training
-                              else partial(_packed, weight, module.bias))
+                              else partial(linear, weight, module.bias))
         try:
             yield
         finally:
@@ -66,11 +66,13 @@ class PackedLinears:
                 del module.forward  # back to nn.Linear.forward
 
 
-def _reorder(weight: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), BATCH_HINT)
+def reorder(weight: torch.Tensor, batch_hint: int = BATCH_HINT) -> torch.Tensor:
+    """A copy of `weight` [out, in] in oneDNN's layout, for `linear`."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), batch_hint)
 
 
-def _packed(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+def linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """x @ W^T + b with W as made by `reorder`."""
     return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
 
 
@@ -85,13 +87,13 @@ class PackedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, packed, packed_t):
         ctx.save_for_backward(x)
         ctx.packed_t, ctx.has_bias = packed_t, bias is not None
-        return _packed(packed, bias, x)
+        return linear(packed, bias, x)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = _packed(ctx.packed_t, None, grad) if ctx.needs_input_grad[0] else None
+        grad_x = linear(ctx.packed_t, None, grad) if ctx.needs_input_grad[0] else None
         flat = grad.reshape(-1, grad.shape[-1])
         grad_w = flat.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
         grad_b = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None

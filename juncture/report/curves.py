@@ -8,11 +8,12 @@ is left out.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from juncture import jsonl
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,14 @@ def read_metrics_tolerant(path: Path) -> tuple[list[dict], int]:
     """(records, lines skipped): a run still writing may leave a torn last line, which is skipped."""
     if not path.is_file():
         return [], 0
+    torn: list[str] = []
     rows, bad = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
+    for _, rec in jsonl.read(path, on_bad=lambda where, _: torn.append(where)):
         if isinstance(rec, dict) and isinstance(rec.get("step"), int):
             rows.append(rec)
         else:
             bad += 1
-    return rows, bad
+    return rows, bad + len(torn)
 
 
 def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from juncture import jsonl
 from juncture.tasks.base import TaskDataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -73,13 +74,7 @@ def _objects(located: Iterable[tuple[str, object]], problems: Problems) -> Itera
 
 
 def _jsonl(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:
-    def lines():
-        with path.open("rb") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield from _loads(f"{path}:{n}", line, problems)
-
-    yield from _objects(lines(), problems)
+    yield from _objects(jsonl.read(path, on_bad=lambda where, e: problems.add(where, f"invalid JSON: {e}")), problems)
 
 
 def _json(path: Path, problems: Problems) -> Iterator[tuple[str, dict]]:

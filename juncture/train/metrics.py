@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from juncture import jsonl
 from juncture.config import LoggingConfig
 from juncture.train.checkpoint import CRASH_ENV, crash_point, writing
 
@@ -70,4 +71,4 @@ def _step(line: str) -> int:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [record for _, record in jsonl.read(path)]
