@@ -42,6 +42,10 @@ class ModelConfig(_Section):
         True, description="CPU only: sample (and train in fp32) with copies of the Linear weights reordered once "
         "for oneDNN; 2-3x faster fp32 matmuls, at one more copy of the weights in memory (two when training in "
         "fp32). Turn off where the copies would not fit")
+    fused_decode: bool = Field(
+        True, description="Llama models: sampling's decode steps run juncture's fused layer (policy/fused_decode.py: "
+        "the same function in about a third of the tensor ops; logits equal within float rounding); false: "
+        "transformers' forward. Other architectures always use transformers")
     backend: str = Field("hf", description="generation backend: 'hf' (transformers) or 'vllm' (vLLM samples; "
                          "log-probs and entropies are recomputed by the HF model)")
     vllm: VLLMConfig = VLLMConfig()

@@ -138,26 +138,53 @@ def test_next_turn_and_branches_from_stored_kv(policy):
     assert_same(outs[True], outs[False])
 
 
-def test_decode_steps_do_not_reallocate(policy):
+class _RecordingDecoder:
+    """Stands in for the fused decoder: runs it, then calls `record(cache)`."""
+
+    def __init__(self, inner, record):
+        self.inner, self.record = inner, record
+
+    def sync(self, *args):
+        self.inner.sync(*args)
+
+    def __call__(self, tokens, positions, mask, cache, prefix):
+        logits = self.inner(tokens, positions, mask, cache, prefix)
+        self.record(cache)
+        return logits
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-decode", "transformers-decode"])
+def test_decode_steps_do_not_reallocate(policy, fused):
     """The key buffer moves only when rows finish (the cache drops them), never on a plain step."""
     buffers = []
 
-    def record(module, args, kwargs, output):
-        cache = kwargs["past_key_values"]
+    def record(cache):
         buffers.append((cache.get_seq_length(), cache.layers[0].key_buffer.data_ptr()))
 
-    handle = policy.gen_model.register_forward_hook(record, with_kwargs=True)
-    eos = policy.eos_ids
+    fused_decoder, eos = policy._fused, policy.eos_ids
+    assert fused_decoder is not None  # the tiny test model is a Llama
+    handle = None
+    if fused:
+        policy._fused = _RecordingDecoder(fused_decoder, record)
+    else:
+        policy._fused = None
+        handle = policy.gen_model.register_forward_hook(lambda m, a, kw, out: record(kw["past_key_values"]),
+                                                        with_kwargs=True)
     policy.eos_ids = set()  # rows run their whole budget
     try:
         prompts = [rand_tokens(k, k) for k in (5, 12, 8)]
         generate(policy, prompts, [10, 10, 10], SamplingParams(), True, reuse=False)
-        assert len(buffers) == 10 and len({ptr for _, ptr in buffers}) == 1
-        assert [n for n, _ in buffers] == list(range(12, 22))
+        if not fused:
+            buffers.pop(0)  # the prefill's forward
+        assert len(buffers) == 9 and len({ptr for _, ptr in buffers}) == 1
+        assert [n for n, _ in buffers] == list(range(13, 22))
         buffers.clear()
         generate(policy, prompts, [10, 4, 10], SamplingParams(), True, reuse=False)
-        before, after = {ptr for _, ptr in buffers[:4]}, {ptr for _, ptr in buffers[4:]}
-        assert len(buffers) == 10 and len(before) == len(after) == 1 and before != after
+        if not fused:
+            buffers.pop(0)
+        before, after = {ptr for _, ptr in buffers[:3]}, {ptr for _, ptr in buffers[3:]}
+        assert len(buffers) == 9 and len(before) == len(after) == 1 and before != after
     finally:
-        handle.remove()
-        policy.eos_ids = eos
+        if handle is not None:
+            handle.remove()
+        policy._fused, policy.eos_ids = fused_decoder, eos

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from juncture.config import ModelConfig
-from juncture.policy import packed, prefix_cache
+from juncture.policy import fused_decode, packed, prefix_cache
 from juncture.policy.base import Generation, SamplingParams
 from juncture.policy.kv_cache import GrowableCache
 from juncture.policy.loading import resolve_model
@@ -31,7 +31,7 @@ class HFPolicy:
     """
 
     def __init__(self, model, tokenizer, dtype: str = "float32", prefix_reuse: bool = True,
-                 kv_store_bytes: int = 1 << 30, reordered_weights: bool = True):
+                 kv_store_bytes: int = 1 << 30, reordered_weights: bool = True, fused: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.dtype = DTYPES[dtype]
@@ -45,6 +45,9 @@ class HFPolicy:
         # CPU sampling (and fp32 training) multiplies by oneDNN-reordered weight copies (see packed); False: F.linear
         self.pack_weights = reordered_weights and packed.AVAILABLE
         self._packed = packed.PackedLinears(self.gen_model)
+        # decode steps of Llama models in fewer, larger ops (see fused_decode); None: transformers' forward
+        use_fused = fused and fused_decode.unsupported(self.gen_model) is None
+        self._fused = fused_decode.FusedDecoder(self.gen_model) if use_fused else None
 
     @classmethod
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = True) -> HFPolicy:
@@ -54,7 +57,8 @@ class HFPolicy:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(resolve_device(cfg.device))
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        return cls(model, tokenizer, cfg.dtype, prefix_reuse, reordered_weights=cfg.reordered_weights)
+        return cls(model, tokenizer, cfg.dtype, prefix_reuse, reordered_weights=cfg.reordered_weights,
+                   fused=cfg.fused_decode)
 
     def sync_weights(self) -> None:
         """Copy the trained weights into the sampling model after an optimizer step."""
@@ -109,6 +113,9 @@ class HFPolicy:
         with self._packed.active() if self._reordering() else nullcontext():
             # room for every sampled token but the last, which is never fed back
             cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
+            if self._fused is not None:
+                self._fused.sync(self._packed.weights if self._reordering() else None)
+                return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
             with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):
                 return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
 
@@ -180,10 +187,13 @@ class HFPolicy:
                 mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            logits = self.gen_model(
-                input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                past_key_values=cache, use_cache=True, shared_prefix=prefix,
-            ).logits[:, -1]
+            if self._fused is not None:
+                logits = self._fused(tokens, next_pos, mask, cache, prefix)
+            else:
+                logits = self.gen_model(
+                    input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                    past_key_values=cache, use_cache=True, shared_prefix=prefix,
+                ).logits[:, -1]
             next_pos = next_pos + 1
         return outs
 

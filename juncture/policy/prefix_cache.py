@@ -236,34 +236,45 @@ def row_kv(cache: Cache, j: int, length: int, prefix: SharedPrefix | None) -> KV
     return out
 
 
-def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                            shared_prefix: SharedPrefix | None = None, **kwargs):
-    """One decode step's attention over [shared prefix] + [each row's own KV]; SDPA for anything else.
+def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visible: torch.Tensor | None,
+                     prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention of one query position per row over the row's own KV and, optionally, a prefix shared by all rows.
 
-    The query heads that share a KV head, of all rows, are stacked as query rows against the
-    single prefix copy, so the prefix is read once per step instead of once per row.
+    q [b, kv_heads, group, dim] (scaled; the query heads that share a KV head grouped); key/value
+    [b, kv_heads, own, dim], views into a preallocated cache are fine; visible [b, 1, 1, own] (bool,
+    or an additive float mask) or None; prefix (keys, values) [1, kv_heads, p, dim], read once for all
+    rows: the query heads of all rows are stacked as query rows against it. Returns [b, kv_heads, group, dim].
     """
-    if shared_prefix is None or query.shape[2] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    kp, vp = shared_prefix.keys[module.layer_idx], shared_prefix.values[module.layer_idx]
-    b, heads, _, dim = query.shape
-    kv_heads, p = kp.shape[1], kp.shape[2]
-    q = (query * (scaling or dim**-0.5)).reshape(b, kv_heads, heads // kv_heads, dim)
+    # key as the left operand needs no copy of a cache view; `q @ key.transpose(-1, -2)` is several times
+    # slower in bf16 on CPU
+    scores = (key @ q.transpose(-1, -2)).transpose(-1, -2)
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf")) if visible.dtype == torch.bool else scores + visible
+    if prefix is None:
+        return torch.softmax(scores.float(), dim=-1).to(value.dtype) @ value
+    kp, vp = prefix
+    b, kv_heads, _, dim = q.shape
+    p = kp.shape[2]
     stacked = q.transpose(0, 1).reshape(1, kv_heads, -1, dim)  # [1, kv_heads, b * group, dim]
     scores_prefix = (stacked @ kp.transpose(-1, -2)).view(kv_heads, b, -1, p).transpose(0, 1)
-    # key may be a view into a preallocated cache (GrowableCache); as the left operand it needs no copy,
-    # while `q @ key.transpose(-1, -2)` is several times slower in bf16 on CPU
-    scores_own = (key @ q.transpose(-1, -2)).transpose(-1, -2)
-    if attention_mask is not None:  # [b, 1, 1, own length]
-        if attention_mask.dtype == torch.bool:
-            scores_own = scores_own.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores_own = scores_own + attention_mask
-    probs = torch.softmax(torch.cat([scores_prefix, scores_own], dim=-1).float(), dim=-1).to(value.dtype)
+    probs = torch.softmax(torch.cat([scores_prefix, scores], dim=-1).float(), dim=-1).to(value.dtype)
     out = probs[..., p:] @ value
     stacked_probs = probs[..., :p].transpose(0, 1).reshape(1, kv_heads, -1, p)
     out += (stacked_probs @ vp).view(kv_heads, b, -1, dim).transpose(0, 1)
+    return out
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                            shared_prefix: SharedPrefix | None = None, **kwargs):
+    """transformers attention for one decode step over [shared prefix] + [each row's own KV]; SDPA otherwise."""
+    if shared_prefix is None or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    b, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = (query * (scaling or dim**-0.5)).reshape(b, kv_heads, heads // kv_heads, dim)
+    layer = module.layer_idx
+    out = decode_attention(q, key, value, attention_mask, (shared_prefix.keys[layer], shared_prefix.values[layer]))
     return out.reshape(b, 1, heads, dim), None
 
 
