@@ -81,13 +81,27 @@ def juncture_generate(policy: HFPolicy, prompts, new_tokens: int, gen: torch.Gen
     return sum(len(o.tokens) for o in outs)
 
 
+def unfused(fn):
+    """`fn` with juncture's decode steps run by transformers' forward instead of the fused decoder."""
+    def run(*args, **kwargs):
+        policy = args[0]
+        fused, policy._fused = policy._fused, None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            policy._fused = fused
+    return run
+
+
 def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
-    """Equal-length comparison (hf vs juncture), plus juncture stopping rows at EOS as in real rollouts."""
+    """Equal-length comparison (hf vs juncture, with and without the fused decode step), plus juncture
+    stopping rows at EOS as in real rollouts."""
     prompts = task_prompts(policy.tokenizer, batch)
     gen = torch.Generator().manual_seed(0)
     fns = {
         "hf": lambda n=new_tokens: hf_generate(policy, prompts, n),
         "juncture": lambda n=new_tokens: juncture_generate(policy, prompts, n, gen, stop_at_eos=False),
+        "juncture_unfused": lambda n=new_tokens: unfused(juncture_generate)(policy, prompts, n, gen, False),
         "juncture_eos": lambda n=new_tokens: juncture_generate(policy, prompts, n, gen, stop_at_eos=True),
     }
     for fn in fns.values():  # a short warm-up: it only has to touch every kernel once
@@ -97,9 +111,10 @@ def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, rep
     for name, (rate, n, t) in res.items():
         row.update({f"{name}_tokens": n, f"{name}_s": t, f"{name}_tok_s": rate})
     row["ratio"] = row["juncture_tok_s"] / row["hf_tok_s"]
+    row["unfused_ratio"] = row["juncture_unfused_tok_s"] / row["hf_tok_s"]
     print(f"  rollout {dtype} batch={batch}: model.generate {row['hf_tok_s']:.1f} tok/s, juncture "
-          f"{row['juncture_tok_s']:.1f} tok/s, juncture stopping at EOS {row['juncture_eos_tok_s']:.1f} tok/s",
-          flush=True)
+          f"{row['juncture_tok_s']:.1f} tok/s ({row['juncture_unfused_tok_s']:.1f} with transformers' decode "
+          f"step), juncture stopping at EOS {row['juncture_eos_tok_s']:.1f} tok/s", flush=True)
     return row
 
 
@@ -239,9 +254,11 @@ def main() -> None:
           f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
     if rollout:
         print("Rollout (generated tokens/s; hf = model.generate; ratio = juncture / hf at equal lengths; "
-              "juncture_eos = juncture stopping rows at EOS):\n")
+              "unfused = juncture with transformers' decode step instead of the fused one; juncture_eos = juncture "
+              "stopping rows at EOS):\n")
         print(markdown_table(rollout, ["dtype", "batch", "prompt_len", "hf_tokens", "hf_tok_s", "juncture_tokens",
-                                       "juncture_tok_s", "ratio", "juncture_eos_tokens", "juncture_eos_tok_s"]))
+                                       "juncture_tok_s", "ratio", "juncture_unfused_tok_s", "unfused_ratio",
+                                       "juncture_eos_tokens", "juncture_eos_tok_s"]))
     if rollout_eos:
         print("\nRollout to EOS (both loops stop rows at EOS; tokens and seconds summed over the seeds):\n")
         print(markdown_table(rollout_eos, ["dtype", "batch", "seeds", "hf_tokens", "hf_s", "hf_tok_s",
