@@ -72,6 +72,8 @@ def test_only_plain_llama_models_are_fused(model):
     assert "hidden_act 'gelu'" in fused_decode.unsupported(type("M", (), {"config": other})())
     assert "model_type 'qwen2'" in fused_decode.unsupported(type("M", (), {"config": type(
         "C", (), {"model_type": "qwen2"})()})())
+    dynamic = LlamaConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
+    assert "rope_type 'dynamic'" in fused_decode.unsupported(type("M", (), {"config": dynamic})())
     with pytest.raises(ValueError, match="cannot run this model: hidden_act"):
         FusedDecoder(type("M", (), {"config": other})())
 
@@ -176,3 +178,26 @@ def test_same_generations_as_transformers(policy, lengths, budgets, header, seed
 def test_config_switch(tiny_model_dir):
     assert HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))._fused is not None
     assert HFPolicy.load(ModelConfig(path=str(tiny_model_dir), fused_decode=False))._fused is None
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0}, {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64}], ids=["linear", "llama3"])
+def test_scaled_rope_types(rope):
+    """RoPE types with fixed frequencies come from the model's rotary embedding, not from the config."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=2048,
+                         rope_parameters={"rope_theta": 10000.0, **rope})
+    model = LlamaForCausalLM(config).eval()
+    assert fused_decode.unsupported(model) is None
+    prompts = [[5, 9, 13, 200], [7, 8]]
+    tokens = [torch.tensor([11, 12]), torch.tensor([3, 299])]
+    fused = FusedDecoder(model)
+    fused.sync()
+    for offset in (0, 700):  # llama3 scales long wavelengths: positions past its original 64 differ
+        want, _ = steps(model, prompts, tokens, None, offset)
+        got, _ = steps(model, prompts, tokens, fused, offset)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

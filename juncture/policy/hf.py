@@ -115,8 +115,10 @@ class HFPolicy:
             cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
             if self._fused is not None:
                 self._fused.sync(self._packed.weights if self._reordering() else None)
-                return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
-            with prefix_cache.shared_prefix_decoding(self.gen_model, prefix):
+                attention = nullcontext()  # the fused step takes the shared prefix as an argument
+            else:  # transformers' forward reaches it through an attention interface
+                attention = prefix_cache.shared_prefix_decoding(self.gen_model, prefix)
+            with attention:
                 return self._decode(prompts, cache, mask, logits, prefix, store, max_new_tokens, params, generator)
 
     def _prefill(self, prompts, store=None, reserve: int = 0):
@@ -187,15 +189,16 @@ class HFPolicy:
                 mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            if self._fused is not None:
-                logits = self._fused(tokens, next_pos, mask, cache, prefix)
-            else:
-                logits = self.gen_model(
-                    input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=cache, use_cache=True, shared_prefix=prefix,
-                ).logits[:, -1]
+            logits = self._step(tokens, next_pos, mask, cache, prefix)
             next_pos = next_pos + 1
         return outs
+
+    def _step(self, tokens, positions, mask, cache, prefix) -> torch.Tensor:
+        """Next-token logits [rows, vocab] after feeding one token per row."""
+        if self._fused is not None:
+            return self._fused(tokens, positions, mask, cache, prefix)
+        return self.gen_model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
+                              past_key_values=cache, use_cache=True, shared_prefix=prefix).logits[:, -1]
 
     @staticmethod
     def _remember(store, finished, rows, prompts, outs, cache, prefix) -> None:
