@@ -41,6 +41,7 @@ from juncture.train.checkpoint import (
 )
 from juncture.train.loss import policy_loss, token_weights
 from juncture.train.metrics import MetricsLogger
+from juncture.train.optim import adamw
 from juncture.train.tree_packing import packer
 from juncture.train.trees import TreeLogger
 from juncture.tree import Source, Trajectory, write_jsonl
@@ -112,9 +113,8 @@ class Trainer:
         self.train_mask = train_mask_of(self.credit)
         self.omega_ref = cfg.algorithm.omega_bs.reference_policy if uses_omega(self.branching) else None
         model = policy.model
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay
-        )
+        self.optimizer = adamw(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                               weight_decay=cfg.optim.weight_decay)
         warmup = cfg.optim.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0

@@ -22,6 +22,7 @@ from juncture.config import RunConfig
 from juncture.tasks import Task
 from juncture.tasks.base import TaskDataError
 from juncture.train.batching import pack, score
+from juncture.train.optim import adamw
 from juncture.tree import Source, Trajectory
 
 _RESULT = re.compile(r"\n<result>\n.*?\n</result>\n", re.DOTALL)
@@ -82,7 +83,7 @@ def run_sft(policy, data: list[Trajectory], cfg: RunConfig, log=print) -> list[f
     """Token-mean cross-entropy on model tokens; returns the loss of each step."""
     model = policy.model
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft.lr)
+    opt = adamw(model.parameters(), lr=cfg.sft.lr)
     rng = np.random.default_rng(cfg.train.seed)
     losses = []
     for step in range(cfg.sft.steps):
