@@ -74,6 +74,9 @@ def test_only_plain_llama_models_are_fused(model):
         "C", (), {"model_type": "qwen2"})()})())
     dynamic = LlamaConfig(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
     assert "rope_type 'dynamic'" in fused_decode.unsupported(type("M", (), {"config": dynamic})())
+    wrapper = torch.nn.Module()
+    wrapper.config, wrapper.model = model.config, model
+    assert "Module (only LlamaForCausalLM is fused)" in fused_decode.unsupported(wrapper)
     with pytest.raises(ValueError, match="cannot run this model: hidden_act"):
         FusedDecoder(type("M", (), {"config": other})())
 

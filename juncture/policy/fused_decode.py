@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LlamaForCausalLM
 
 from juncture.policy import packed
 from juncture.policy.packed import weights_version
@@ -41,6 +42,8 @@ def unsupported(model: nn.Module) -> str | None:
         return f"rope_type {rope!r}"
     if getattr(config, "mlp_bias", False):
         return "mlp_bias"
+    if not isinstance(model, LlamaForCausalLM):  # e.g. wrapped by an adapter library: other module paths
+        return f"{type(model).__name__} (only LlamaForCausalLM is fused)"
     return None
 
 
