@@ -81,16 +81,13 @@ def juncture_generate(policy: HFPolicy, prompts, new_tokens: int, gen: torch.Gen
     return sum(len(o.tokens) for o in outs)
 
 
-def unfused(fn):
-    """`fn` with juncture's decode steps run by transformers' forward instead of the fused decoder."""
-    def run(*args, **kwargs):
-        policy = args[0]
-        fused, policy._fused = policy._fused, None
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            policy._fused = fused
-    return run
+def juncture_generate_unfused(policy: HFPolicy, *args) -> int:
+    """juncture_generate with the decode steps run by transformers' forward instead of the fused decoder."""
+    fused, policy._fused = policy._fused, None
+    try:
+        return juncture_generate(policy, *args)
+    finally:
+        policy._fused = fused
 
 
 def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
@@ -101,7 +98,7 @@ def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, rep
     fns = {
         "hf": lambda n=new_tokens: hf_generate(policy, prompts, n),
         "juncture": lambda n=new_tokens: juncture_generate(policy, prompts, n, gen, stop_at_eos=False),
-        "juncture_unfused": lambda n=new_tokens: unfused(juncture_generate)(policy, prompts, n, gen, False),
+        "juncture_unfused": lambda n=new_tokens: juncture_generate_unfused(policy, prompts, n, gen, False),
         "juncture_eos": lambda n=new_tokens: juncture_generate(policy, prompts, n, gen, stop_at_eos=True),
     }
     for fn in fns.values():  # a short warm-up: it only has to touch every kernel once

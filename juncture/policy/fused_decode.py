@@ -57,7 +57,6 @@ class _Layer:
     norm_mid: torch.Tensor
     gate_up: torch.Tensor
     down: torch.Tensor
-    eps: float
 
 
 class FusedDecoder:
@@ -76,6 +75,7 @@ class FusedDecoder:
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps  # every RMSNorm of a Llama model uses it
         self.version: tuple[int, bool] | None = None
         self.layers: list[_Layer] = []
         self.cos = self.sin = torch.empty(0)
@@ -104,7 +104,7 @@ class FusedDecoder:
                 layer.input_layernorm.weight.detach(), fused(att.q_proj, att.k_proj, att.v_proj),
                 bias(att.q_proj, att.k_proj, att.v_proj), single(att.o_proj), bias(att.o_proj),
                 layer.post_attention_layernorm.weight.detach(), fused(mlp.gate_proj, mlp.up_proj),
-                single(mlp.down_proj), layer.input_layernorm.variance_epsilon,
+                single(mlp.down_proj),
             ))
         self.lm_head = single(self.model.lm_head)
         self.lm_head_bias = bias(self.model.lm_head)
@@ -124,6 +124,10 @@ class FusedDecoder:
         half = self.head_dim // 2
         self.sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # rotate_half(x)·sin = flip(x)·sin±
 
+    def _rms_norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """transformers' LlamaRMSNorm: normalized in fp32, rounded to h's dtype, then scaled."""
+        return F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(h.dtype) * weight
+
     def _linear(self, weight, bias, x):
         return packed.linear(weight, bias, x) if self.reordered else F.linear(x, weight, bias)
 
@@ -142,7 +146,7 @@ class FusedDecoder:
         visible = mask.bool()[:, None, None, :]
         scaling = dim**-0.5
         for i, layer in enumerate(self.layers):
-            x = F.rms_norm(h.float(), (h.shape[-1],), eps=layer.eps).to(h.dtype) * layer.norm_in
+            x = self._rms_norm(h, layer.norm_in)
             qkv = self._linear(layer.qkv, layer.qkv_bias, x).view(n, heads + 2 * kv, dim)
             qk = qkv[:, : heads + kv]
             qk = qk * cos + qk.view(n, heads + kv, 2, dim // 2).flip(2).view(n, heads + kv, dim) * sin
@@ -151,9 +155,8 @@ class FusedDecoder:
             layer_prefix = None if prefix is None else (prefix.keys[i], prefix.values[i])
             attn = decode_attention(q, keys, values, visible, layer_prefix)
             h = h + self._linear(layer.o, layer.o_bias, attn.reshape(n, heads * dim))
-            x = F.rms_norm(h.float(), (h.shape[-1],), eps=layer.eps).to(h.dtype) * layer.norm_mid
+            x = self._rms_norm(h, layer.norm_mid)
             gate, up = self._linear(layer.gate_up, None, x).chunk(2, dim=-1)
             h = h + self._linear(layer.down, None, F.silu(gate) * up)
-        norm = self.model.model.norm
-        h = F.rms_norm(h.float(), (h.shape[-1],), eps=norm.variance_epsilon).to(h.dtype) * norm.weight
+        h = self._rms_norm(h, self.model.model.norm.weight)
         return self._linear(self.lm_head, self.lm_head_bias, h)
