@@ -72,7 +72,8 @@ def inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None = None)
     u = torch.rand((n, 1), generator=generator, dtype=torch.float64).to(weights.device)
     padded = weights if v % BLOCK == 0 else torch.nn.functional.pad(weights, (0, -v % BLOCK))
     blocks = padded.reshape(n, -1, BLOCK)
-    block, u = _pick(blocks.sum(-1, dtype=torch.float64), u)
+    # block sums in the weights' dtype, then float64: summing with dtype=float64 would first copy all n x V
+    block, u = _pick(blocks.sum(-1).double(), u)
     inner, _ = _pick(blocks[torch.arange(n, device=weights.device), block].double(), u)
     return block * BLOCK + inner
 
