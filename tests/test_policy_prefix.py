@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from juncture.config import ModelConfig
 from juncture.policy import prefix_cache
@@ -103,6 +105,56 @@ def test_other_attention_implementations_keep_whole_rows(tiny_model_dir):
     prompts = branch_prompts(pol)
     assert pol._prefill(prompts)[3] is None
     assert_same_as_plain(pol, prompts)
+
+
+def set_partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for part in set_partitions(rest):
+        yield [[first], *part]
+        for i in range(len(part)):
+            yield [*part[:i], [first, *part[i]], *part[i + 1 :]]
+
+
+def test_leaf_batches_hand_worked():
+    # together 32 + 3 * 40 = 152; {1, 5} + {40}: (32 + 2 * 5) + (32 + 40) = 114; one each: 96 + 46 = 142
+    assert prefix_cache.leaf_batches([40, 1, 5], 32) == (114, [[1, 2], [0]])
+    assert prefix_cache.leaf_batches([], 32) == (0, [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=6), st.integers(0, 80))
+def test_leaf_batches_is_the_cheapest_partition(lengths, overhead):
+    cost, batches = prefix_cache.leaf_batches(lengths, overhead)
+    assert sorted(j for b in batches for j in b) == list(range(len(lengths)))
+    assert cost == sum(overhead + len(b) * max(lengths[j] for j in b) for b in batches)
+    brute = min(sum(overhead + len(b) * max(lengths[j] for j in b) for b in part)
+                for part in set_partitions(list(range(len(lengths)))))
+    assert cost == brute
+
+
+def test_leaves_of_different_lengths_share_one_padded_forward(policy, monkeypatch):
+    """Next-turn rows with histories and new tokens of different lengths, encoded in one forward."""
+    fresh_store(policy)
+    header = rand_tokens(100, 30)
+    prompts = [header + rand_tokens(5 + 3 * i, 31 + i) for i in range(4)]
+    first = policy.generate(prompts, [3, 9, 12, 15], SamplingParams(), torch.Generator().manual_seed(1))
+    turn2 = [p + g.tokens + rand_tokens(k, 40 + k) for p, g, k in zip(prompts, first, (1, 4, 9, 17), strict=True)]
+    monkeypatch.setitem(prefix_cache.FORWARD_OVERHEAD_TOKENS, "cpu", 200)  # the four leaves cost least together
+    batches = []
+    encode = prefix_cache.encode_leaves
+
+    def spy(model, prompts, leaves):
+        batches.append([(begin, leaf.end - begin) for leaf, begin, _ in leaves])
+        yield from encode(model, prompts, leaves)
+
+    monkeypatch.setattr(prefix_cache, "encode_leaves", spy)
+    assert_same_as_plain(policy, turn2, [8, 8, 8, 8])
+    batch = batches[0]  # the first call; the second finds the first one's KV in the store
+    assert len(batches[1]) == 4 and {c for _, c in batches[1]} == {1}
+    assert len(batch) == 4 and len({b for b, _ in batch}) == 4 and sorted(c for _, c in batch) == [2, 5, 10, 18]
 
 
 def test_cost_model_skips_the_tree_when_nothing_is_shared(policy):

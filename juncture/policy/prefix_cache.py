@@ -109,7 +109,11 @@ class KVStore:
 
 @dataclass
 class Node:
-    """Tokens [start, end) shared by `rows` (prompt indices); the KVStore already holds [start, cached)."""
+    """Tokens [start, end) shared by `rows` (prompt indices).
+
+    The KVStore holds [start, stored) under `cached_key`; the prefill takes [start, cached) from it
+    (one less than stored where rows end here and all is stored: their last token's logits need a forward).
+    """
 
     rows: list[int]
     start: int
@@ -117,6 +121,7 @@ class Node:
     ends_here: list[int] = field(default_factory=list)  # prompts that are exactly tokens[:end]
     children: list[Node] = field(default_factory=list)
     cached: int = 0
+    stored: int = 0
     cached_key: tuple[int, ...] | None = None
 
 
@@ -146,6 +151,34 @@ def nodes(root: Node):
         stack.extend(node.children)
 
 
+def needs_forward(node: Node) -> bool:
+    return node.end > max(node.start, node.cached)
+
+
+def deferred(node: Node, root: Node) -> bool:
+    """Whether `node` is encoded after the walk, in padded batches with others: no other node waits on its
+    forward (it has no children, or the store holds all its tokens and the forward only gives logits)."""
+    return node is not root and needs_forward(node) and (not node.children or node.stored >= node.end)
+
+
+def leaf_batches(lengths: list[int], overhead: int) -> tuple[int, list[list[int]]]:
+    """The cheapest split of leaf forwards into padded batches: (cost in tokens, batches of indices).
+
+    Sorted by length, the best batches are runs of neighbours; a batch costs one forward's
+    overhead plus its size times its longest member (rows are padded to it). O(n^2) dynamic program.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    best = [0] + [0] * len(order)  # best[j]: cost of the first j leaves in sorted order
+    start = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        best[j], start[j] = min((best[i] + overhead + (j - i) * lengths[order[j - 1]], i) for i in range(j))
+    batches, j = [], len(order)
+    while j:
+        batches.append(order[start[j] : j])
+        j = start[j]
+    return best[-1], batches[::-1]
+
+
 def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
     """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
     overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
@@ -153,10 +186,12 @@ def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None =
     if store is not None and store.entries:
         matches = [store.match(tuple(p)) for p in prompts]
         for node in nodes(root):
-            cached, node.cached_key = max(((min(matches[i][0], node.end), matches[i][1]) for i in node.rows),
-                                          key=lambda m: m[0])
-            node.cached = min(cached, node.end - 1) if node.ends_here else cached  # their logits need a forward
-    tree_cost = sum(n.end - max(n.start, n.cached) + overhead for n in nodes(root) if n.end > max(n.start, n.cached))
+            node.stored, node.cached_key = max(((min(matches[i][0], node.end), matches[i][1]) for i in node.rows),
+                                               key=lambda m: m[0])
+            node.cached = min(node.stored, node.end - 1) if node.ends_here else node.stored
+    walk = [n for n in nodes(root) if needs_forward(n) and not deferred(n, root)]
+    leaves = [n.end - max(n.start, n.cached) for n in nodes(root) if deferred(n, root)]
+    tree_cost = sum(n.end - max(n.start, n.cached) + overhead for n in walk) + leaf_batches(leaves, overhead)[0]
     padded_cost = len(prompts) * max(map(len, prompts)) + overhead
     return root if tree_cost < padded_cost else None
 
@@ -175,6 +210,8 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
 
     Rows hold their tokens after the shared prefix, left-padded to one width, in `cache` (an
     empty cache to fill; a DynamicCache by default); positions still count from each prompt's start.
+    The walk encodes inner nodes at batch 1; nodes nothing waits on (a later turn's new tokens, a
+    branch's fork token, see `deferred`) are encoded afterwards in padded batches (see `leaf_batches`).
     """
     n, width = len(prompts), max(map(len, prompts))
     device = next(model.parameters()).device
@@ -188,33 +225,50 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     logits: list[torch.Tensor | None] = [None] * n
     prefix = SharedPrefix([], [])
+    leaves: list[tuple[Node, int, KV]] = []  # deferred (node, where its forward begins, KV of the tokens before)
+
+    def place(node: Node, kv: KV, last: torch.Tensor) -> None:
+        """Rows ending at `node` get its logits and their tokens [split, end) of `kv` (per layer [1, h, end, d])."""
+        if not batch_kv:
+            batch_kv.extend((k.new_zeros((n, k.shape[1], width - split, k.shape[-1])),
+                             v.new_zeros((n, v.shape[1], width - split, v.shape[-1]))) for k, v in kv)
+        for i in node.ends_here:
+            logits[i] = last
+            for (bk, bv), (k, v) in zip(batch_kv, kv, strict=True):
+                bk[i, :, width - node.end :] = k[0, :, split:]
+                bv[i, :, width - node.end :] = v[0, :, split:]
+
+    def take(node: Node, begin: int, end: int) -> None:
+        """Append the node's tokens [begin, end) from the store to the walk."""
+        if end > begin:
+            for layer, (k, v) in enumerate(store.get(node.cached_key)):
+                walk.update(k[:, :, begin:end], v[:, :, begin:end], layer)
 
     def visit(node: Node) -> None:
         begin = max(node.start, node.cached)
-        if begin > node.start:  # the walk holds [0, start): append [start, cached) from the store
-            for layer, (k, v) in enumerate(store.get(node.cached_key)):
-                walk.update(k[:, :, node.start : begin], v[:, :, node.start : begin], layer)
-        if node.end > begin:
-            ids = torch.tensor([prompts[node.rows[0]][begin : node.end]], device=device)
-            pos = torch.arange(begin, node.end, device=device)[None]
-            last = model(input_ids=ids, position_ids=pos, past_key_values=walk, use_cache=True,
-                         logits_to_keep=1).logits[0, -1]
-        if node is root and split:
-            prefix.keys.extend(k[:, :, :split] for k, _, _ in walk)  # never written in place: safe to share
-            prefix.values.extend(v[:, :, :split] for _, v, _ in walk)
-        if not batch_kv:
-            batch_kv.extend((k.new_zeros((n, k.shape[1], width - split, k.shape[-1])),
-                             v.new_zeros((n, v.shape[1], width - split, v.shape[-1]))) for k, v, _ in walk)
-        for i in node.ends_here:
-            logits[i] = last
-            for (bk, bv), (k, v, _) in zip(batch_kv, walk, strict=True):
-                bk[i, :, width - node.end :] = k[0, :, split:]
-                bv[i, :, width - node.end :] = v[0, :, split:]
+        take(node, node.start, begin)  # the walk holds [0, start)
+        if deferred(node, root):  # the walk never writes its tensors in place: views stay valid
+            leaves.append((node, begin, [(k, v) for k, v, _ in walk]))
+            take(node, begin, node.end if node.children else begin)  # all stored, if there are children
+        else:
+            if node.end > begin:
+                ids = torch.tensor([prompts[node.rows[0]][begin : node.end]], device=device)
+                pos = torch.arange(begin, node.end, device=device)[None]
+                last = model(input_ids=ids, position_ids=pos, past_key_values=walk, use_cache=True,
+                             logits_to_keep=1).logits[0, -1]
+            if node is root and split:
+                prefix.keys.extend(k[:, :, :split] for k, _, _ in walk)  # never written in place: safe to share
+                prefix.values.extend(v[:, :, :split] for _, v, _ in walk)
+            place(node, [(k, v) for k, v, _ in walk], last if node.ends_here else None)
         for child in node.children:
             visit(child)
             walk.crop(node.end - walk.get_seq_length())
 
     visit(root)
+    overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
+    for batch in leaf_batches([leaf.end - begin for leaf, begin, _ in leaves], overhead)[1]:
+        for leaf, kv, last in encode_leaves(model, prompts, [leaves[j] for j in batch]):
+            place(leaf, kv, last)
     mask = torch.zeros((n, width - split), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
@@ -222,6 +276,47 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     for layer, (k, v) in enumerate(batch_kv):
         cache.update(k, v, layer)
     return cache, mask, torch.stack(logits), prefix if split else None
+
+
+def encode_leaves(model, prompts: list[list[int]], leaves: list[tuple[Node, int, KV]]):
+    """One padded forward over several leaves' new tokens; yields (leaf, its KV [0, end), last logits).
+
+    Each row is [padding, the leaf's earlier KV, padding, its new tokens]: earlier KV right-aligned
+    in a width of the longest, new tokens right-aligned in the last columns, padding masked out.
+    """
+    device = next(model.parameters()).device
+    known = max(begin for _, begin, _ in leaves)
+    new = max(leaf.end - begin for leaf, begin, _ in leaves)
+    rows = len(leaves)
+    ids = torch.zeros((rows, new), dtype=torch.long, device=device)
+    pos = torch.zeros((rows, new), dtype=torch.long, device=device)
+    mask = torch.zeros((rows, known + new), dtype=torch.long, device=device)
+    for r, (leaf, begin, _) in enumerate(leaves):
+        count = leaf.end - begin
+        ids[r, new - count :] = torch.tensor(prompts[leaf.rows[0]][begin : leaf.end], device=device)
+        pos[r, new - count :] = torch.arange(begin, leaf.end, device=device)
+        mask[r, known - begin : known] = 1
+        mask[r, known + new - count :] = 1
+    cache = DynamicCache()
+    if known:
+        layers = max(len(kv) for _, _, kv in leaves)  # a leaf with nothing before it has no KV yet
+        k0, v0 = next(kv for _, _, kv in leaves if kv)[0]
+        for layer in range(layers):
+            keys = k0.new_zeros((rows, k0.shape[1], known, k0.shape[-1]))
+            values = v0.new_zeros((rows, v0.shape[1], known, v0.shape[-1]))
+            for r, (_, begin, kv) in enumerate(leaves):
+                if begin:
+                    keys[r, :, known - begin :] = kv[layer][0][0]
+                    values[r, :, known - begin :] = kv[layer][1][0]
+            cache.update(keys, values, layer)
+    last = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                 logits_to_keep=1).logits[:, -1]
+    for r, (leaf, begin, _) in enumerate(leaves):
+        count = leaf.end - begin
+        kv = [(torch.cat([k[r : r + 1, :, known - begin : known], k[r : r + 1, :, known + new - count :]], 2),
+               torch.cat([v[r : r + 1, :, known - begin : known], v[r : r + 1, :, known + new - count :]], 2))
+              for k, v, _ in cache]
+        yield leaf, kv, last[r]
 
 
 def row_kv(cache: Cache, j: int, length: int, prefix: SharedPrefix | None) -> KV:
