@@ -143,14 +143,7 @@ def test_leaves_of_different_lengths_share_one_padded_forward(policy, monkeypatc
     first = policy.generate(prompts, [3, 9, 12, 15], SamplingParams(), torch.Generator().manual_seed(1))
     turn2 = [p + g.tokens + rand_tokens(k, 40 + k) for p, g, k in zip(prompts, first, (1, 4, 9, 17), strict=True)]
     monkeypatch.setitem(prefix_cache.FORWARD_OVERHEAD_TOKENS, "cpu", 200)  # the four leaves cost least together
-    batches = []
-    encode = prefix_cache.encode_leaves
-
-    def spy(model, prompts, leaves):
-        batches.append([(begin, leaf.end - begin) for leaf, begin, _ in leaves])
-        yield from encode(model, prompts, leaves)
-
-    monkeypatch.setattr(prefix_cache, "encode_leaves", spy)
+    batches = spy_on_leaf_batches(monkeypatch)
     assert_same_as_plain(policy, turn2, [8, 8, 8, 8])
     batch = batches[0]  # the first call; the second finds the first one's KV in the store
     assert len(batches[1]) == 4 and {c for _, c in batches[1]} == {1}
@@ -196,11 +189,27 @@ def test_next_turn_reuses_the_kv_of_the_last_call(policy):
     assert all(len(k) >= 130 for k in store.entries)  # turn-2 entries superseded the turn-1 ones they extend
 
 
-def test_branches_reuse_their_parent_from_the_last_call(policy):
+def test_branches_reuse_their_parent_from_the_last_call(policy, monkeypatch):
     fresh_store(policy)
     prompts = branch_prompts(policy)  # generating the parent stored its KV
     assert cached_tokens(policy, prompts) == len(prompts[-1]) - 1
+    batches = spy_on_leaf_batches(monkeypatch)
     assert_same_as_plain(policy, prompts)
+    # the forks after the first (the root) and the parent: each one token for its logits, one forward for all
+    assert batches[0] == [(len(prompts[i]) - 1, 1) for i in (1, 3, 4)]
+
+
+def spy_on_leaf_batches(monkeypatch) -> list[list[tuple[int, int]]]:
+    """Record (begin, tokens) of each node in each batch `encode_leaves` runs, sorted by begin."""
+    batches = []
+    encode = prefix_cache.encode_leaves
+
+    def spy(model, prompts, leaves):
+        batches.append(sorted((begin, leaf.end - begin) for leaf, begin, _ in leaves))
+        yield from encode(model, prompts, leaves)
+
+    monkeypatch.setattr(prefix_cache, "encode_leaves", spy)
+    return batches
 
 
 def test_store_is_dropped_when_the_weights_change(policy):
