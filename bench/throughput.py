@@ -91,15 +91,14 @@ def juncture_generate_unfused(policy: HFPolicy, *args) -> int:
 
 
 def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:
-    """Equal-length comparison (hf vs juncture, with and without the fused decode step), plus juncture
-    stopping rows at EOS as in real rollouts."""
+    """Equal-length comparison: hf vs juncture, with and without the fused decode step (rows stopping at EOS:
+    `bench_rollout_eos`, which sums tokens and seconds over seeds instead of pairing a best time with a count)."""
     prompts = task_prompts(policy.tokenizer, batch)
     gen = torch.Generator().manual_seed(0)
     fns = {
         "hf": lambda n=new_tokens: hf_generate(policy, prompts, n),
         "juncture": lambda n=new_tokens: juncture_generate(policy, prompts, n, gen, stop_at_eos=False),
         "juncture_unfused": lambda n=new_tokens: juncture_generate_unfused(policy, prompts, n, gen, False),
-        "juncture_eos": lambda n=new_tokens: juncture_generate(policy, prompts, n, gen, stop_at_eos=True),
     }
     for fn in fns.values():  # a short warm-up: it only has to touch every kernel once
         fn(8)
@@ -111,7 +110,7 @@ def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, rep
     row["unfused_ratio"] = row["juncture_unfused_tok_s"] / row["hf_tok_s"]
     print(f"  rollout {dtype} batch={batch}: model.generate {row['hf_tok_s']:.1f} tok/s, juncture "
           f"{row['juncture_tok_s']:.1f} tok/s ({row['juncture_unfused_tok_s']:.1f} with transformers' decode "
-          f"step), juncture stopping at EOS {row['juncture_eos_tok_s']:.1f} tok/s", flush=True)
+          f"step)", flush=True)
     return row
 
 
@@ -251,11 +250,9 @@ def main() -> None:
           f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
     if rollout:
         print("Rollout (generated tokens/s; hf = model.generate; ratio = juncture / hf at equal lengths; "
-              "unfused = juncture with transformers' decode step instead of the fused one; juncture_eos = juncture "
-              "stopping rows at EOS):\n")
+              "unfused = juncture with transformers' decode step instead of the fused one):\n")
         print(markdown_table(rollout, ["dtype", "batch", "prompt_len", "hf_tokens", "hf_tok_s", "juncture_tokens",
-                                       "juncture_tok_s", "ratio", "juncture_unfused_tok_s", "unfused_ratio",
-                                       "juncture_eos_tokens", "juncture_eos_tok_s"]))
+                                       "juncture_tok_s", "ratio", "juncture_unfused_tok_s", "unfused_ratio"]))
     if rollout_eos:
         print("\nRollout to EOS (both loops stop rows at EOS; tokens and seconds summed over the seeds):\n")
         print(markdown_table(rollout_eos, ["dtype", "batch", "seeds", "hf_tokens", "hf_s", "hf_tok_s",
