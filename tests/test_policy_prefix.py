@@ -256,3 +256,38 @@ def test_shared_prefill_logprobs_match_training_forward(policy):
         n = tr.response_len
         np.testing.assert_allclose(logp[i, -n:].numpy(), tr.logprobs[tr.prompt_len :], atol=2e-4)
         np.testing.assert_allclose(ent[i, -n:].numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.data())
+def test_any_tree_and_store_state_prefills_like_the_padded_batch(policy, data):
+    """Random prompts (shared headers, duplicates, forks of a stored parent, extensions of it, unrelated
+    rows) after an earlier call filled the store: the tree path, forced, samples what the padded prefill does."""
+    fresh_store(policy)
+    draw = data.draw
+    header = rand_tokens(draw(st.integers(0, 30)), draw(st.integers(0, 99)))
+    parents = [header + rand_tokens(draw(st.integers(1, 12)), 100 + i) for i in range(draw(st.integers(1, 3)))]
+    first = policy.generate(parents, [draw(st.integers(1, 8)) for _ in parents], SamplingParams(greedy=True))
+    histories = [p + g.tokens for p, g in zip(parents, first, strict=True)]
+    prompts = []
+    for _ in range(draw(st.integers(1, 6))):
+        h = draw(st.sampled_from(histories))
+        kind = draw(st.sampled_from(["fork", "extend", "same", "other"]))
+        if kind == "fork":
+            prompts.append(h[: draw(st.integers(1, len(h)))])
+        elif kind == "extend":
+            prompts.append(h + rand_tokens(draw(st.integers(1, 9)), draw(st.integers(200, 299))))
+        elif kind == "same" and prompts:
+            prompts.append(list(prompts[-1]))
+        else:
+            prompts.append(rand_tokens(draw(st.integers(1, 20)), draw(st.integers(300, 399))))
+    budgets = [4] * len(prompts)
+    with pytest.MonkeyPatch.context() as mp:  # the tree whatever the cost model says
+        mp.setattr(prefix_cache, "plan", lambda p, _, store=None: prefix_cache.mark_stored(
+            prefix_cache.build_tree(p), p, store))
+        shared = policy.generate(prompts, budgets, SamplingParams(greedy=True))
+    plain = generate(policy, prompts, budgets, SamplingParams(greedy=True), 0, reuse=False)
+    for a, b in zip(shared, plain, strict=True):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+        np.testing.assert_allclose(a.entropies, b.entropies, atol=1e-4)

@@ -180,16 +180,21 @@ def leaf_batches(lengths: list[int], overhead: int) -> tuple[int, list[list[int]
     return best[-1], batches[::-1]
 
 
-def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
-    """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
-    overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
-    root = build_tree(prompts)
+def mark_stored(root: Node, prompts: list[list[int]], store: KVStore | None) -> Node:
+    """Mark each node of the tree with the longest span of its tokens the store holds (`stored`, `cached`)."""
     if store is not None and store.entries:
         matches = [store.match(tuple(p)) for p in prompts]
         for node in nodes(root):
             node.stored, node.cached_key = max(((min(matches[i][0], node.end), matches[i][1]) for i in node.rows),
                                                key=lambda m: m[0])
             node.cached = min(node.stored, node.end - 1) if node.ends_here else node.stored
+    return root
+
+
+def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
+    """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
+    overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
+    root = mark_stored(build_tree(prompts), prompts, store)
     walk = [n for n in nodes(root) if needs_forward(n) and not deferred(n, root)]
     leaves = [n.end - max(n.start, n.cached) for n in nodes(root) if deferred(n, root)]
     tree_cost = sum(n.end - max(n.start, n.cached) + overhead for n in walk) + leaf_batches(leaves, overhead)[0]
@@ -300,9 +305,8 @@ def encode_leaves(model, prompts: list[list[int]], leaves: list[tuple[Node, int,
         mask[r, known + new - count :] = 1
     cache = DynamicCache()
     if known:
-        layers = max(len(kv) for _, _, kv in leaves)  # a leaf with nothing before it has no KV yet
-        k0, v0 = next(kv for _, _, kv in leaves if kv)[0]
-        for layer in range(layers):
+        walked = next(kv for _, begin, kv in leaves if begin)  # the walk's layers, as one leaf saw them
+        for layer, (k0, v0) in enumerate(walked):
             keys = k0.new_zeros((rows, k0.shape[1], known, k0.shape[-1]))
             values = v0.new_zeros((rows, v0.shape[1], known, v0.shape[-1]))
             for r, (_, begin, kv) in enumerate(leaves):
