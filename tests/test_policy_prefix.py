@@ -258,7 +258,7 @@ def test_shared_prefill_logprobs_match_training_forward(policy):
         np.testing.assert_allclose(ent[i, -n:].numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_any_tree_and_store_state_prefills_like_the_padded_batch(policy, data):
     """Random prompts (shared headers, duplicates, forks of a stored parent, extensions of it, unrelated
