@@ -6,8 +6,8 @@ Why: the lent GPU machine (Python 3.12, torch 2.11.0+cu130 preinstalled) cannot 
 1,484 MiB (24 calls); offline generation with a Llama model needs 72 of them, 356 MiB (6 calls): vllm,
 the structured-output libraries it imports at start-up (xgrammar, llguidance), transformers and the
 small pure-Python rest. Left out: flashinfer (~800 MiB with its CUDA toolchain wheels; vLLM then needs
-`VLLM_USE_FLASHINFER_SAMPLER=0` and picks FlashAttention on Hopper), multimodal, quantization and
-server-only packages. This selection was checked by importing vllm and its engine, worker, Llama model
+`VLLM_USE_FLASHINFER_SAMPLER=0`, which juncture's vllm backend sets where flashinfer is missing, and picks
+FlashAttention on Hopper), multimodal, quantization and server-only packages. This selection was checked by importing vllm and its engine, worker, Llama model
 and FlashAttention modules on a CPU with exactly this set installed, never by generating on a GPU.
 
 Here (run with Python 3.12: dependency markers are evaluated for the running interpreter):
@@ -19,7 +19,7 @@ so earlier parts stay), then:
 
     cat .whl/vllm/part-* | tar -x -C /tmp/vllm-wheels && \
         pip install --no-index --no-deps --target /tmp/site /tmp/vllm-wheels/*.whl
-    export PYTHONPATH=/tmp/site VLLM_USE_FLASHINFER_SAMPLER=0
+    export PYTHONPATH=/tmp/site   # juncture's vllm backend sets VLLM_USE_FLASHINFER_SAMPLER=0 without flashinfer
 
 Needs glibc >= 2.31 there (llguidance ships only manylinux_2_31 wheels).
 """

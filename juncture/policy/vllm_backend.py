@@ -17,6 +17,7 @@ computes, at the cost of a prefill-sized forward per call (each shared prompt on
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import torch
@@ -46,6 +47,8 @@ class VLLMPolicy(HFPolicy):
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = False) -> VLLMPolicy:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in-process: weight sync is a copy
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.vllm.cpu_kv_cache_gb))
+        if importlib.util.find_spec("flashinfer") is None:  # vLLM's GPU sampler would import it regardless
+            os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         try:
             import vllm
         except ImportError as e:
