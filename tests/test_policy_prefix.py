@@ -150,6 +150,23 @@ def test_leaves_of_different_lengths_share_one_padded_forward(policy, monkeypatc
     assert len(batch) == 4 and len({b for b, _ in batch}) == 4 and sorted(c for _, c in batch) == [2, 5, 10, 18]
 
 
+def test_leaf_batches_stay_within_the_kv_budget(policy, monkeypatch):
+    """Long histories: the batched forward is split so rows x padded width stays within LEAF_BATCH_TOKENS."""
+    fresh_store(policy)
+    header = rand_tokens(120, 49)
+    prompts = [header + rand_tokens(5 + 10 * i, 50 + i) for i in range(4)]
+    first = policy.generate(prompts, [4] * 4, SamplingParams(greedy=True))
+    turn2 = [p + g.tokens + rand_tokens(3, 60 + i) for i, (p, g) in enumerate(zip(prompts, first, strict=True))]
+    monkeypatch.setattr(prefix_cache, "LEAF_BATCH_TOKENS", 400)
+    monkeypatch.setitem(prefix_cache.FORWARD_OVERHEAD_TOKENS, "cpu", 200)  # one batch by the cost model
+    batches = spy_on_leaf_batches(monkeypatch)
+    assert_same_as_plain(policy, turn2, [6] * 4)
+    first_call = [b for b in batches if b[0][1] == 4]  # the 3 new tokens and the last sampled one
+    assert len(first_call) == 2 and sorted(map(len, first_call)) == [2, 2]
+    for batch in first_call:
+        assert len(batch) * (max(b for b, _ in batch) + max(c for _, c in batch)) <= 400
+
+
 def test_cost_model_skips_the_tree_when_nothing_is_shared(policy):
     cpu = torch.device("cpu")
     assert prefix_cache.plan([[101 + i] + rand_tokens(60, i) for i in range(4)], cpu) is None

@@ -39,6 +39,8 @@ from juncture.policy.packed import weights_version
 FORWARD_OVERHEAD_TOKENS = {"cpu": 32}
 ACCELERATOR_OVERHEAD_TOKENS = 4096
 MIN_SHARED_PREFIX = 16  # below this, keeping the common prefix apart saves less than it costs
+# rows x padded width of one batched leaf forward: bounds the KV it copies (SmolLM2: 46 KB per token in fp32)
+LEAF_BATCH_TOKENS = 1 << 15
 ATTENTION = "juncture_shared_prefix"
 
 
@@ -273,8 +275,9 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     visit(root)
     overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
     for batch in leaf_batches([leaf.end - begin for leaf, begin, _ in leaves], overhead)[1]:
-        for leaf, kv, last in encode_leaves(model, prompts, [leaves[j] for j in batch]):
-            place(leaf, kv, last)
+        for part in within_budget([leaves[j] for j in batch]):
+            for leaf, kv, last in encode_leaves(model, prompts, part):
+                place(leaf, kv, last)
     mask = torch.zeros((n, width - split), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
@@ -282,6 +285,22 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     for layer, (k, v) in enumerate(batch_kv):
         cache.update(k, v, layer)
     return cache, mask, torch.stack(logits), prefix if split else None
+
+
+def within_budget(leaves: list[tuple[Node, int, KV]]):
+    """Consecutive runs of `leaves` whose padded forward holds at most LEAF_BATCH_TOKENS row-tokens (one leaf
+    always goes, however long): a batch of long histories would otherwise copy far more KV than one row."""
+    part, known, new = [], 0, 0
+    for leaf in leaves:
+        node, begin, _ = leaf
+        k, n = max(known, begin), max(new, node.end - begin)
+        if part and (len(part) + 1) * (k + n) > LEAF_BATCH_TOKENS:
+            yield part
+            part, k, n = [], begin, node.end - begin
+        part.append(leaf)
+        known, new = k, n
+    if part:
+        yield part
 
 
 def encode_leaves(model, prompts: list[list[int]], leaves: list[tuple[Node, int, KV]]):
