@@ -57,6 +57,8 @@ def common_len(a, b) -> int:
 
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [1, kv_heads, length, head_dim]
+# a node encoded after the walk: (node, where its forward begins, its earlier KV [0, begin) as consecutive segments)
+Deferred = tuple["Node", int, list[KV]]
 
 
 class KVStore:
@@ -233,7 +235,7 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     logits: list[torch.Tensor | None] = [None] * n
     prefix = SharedPrefix([], [])
-    leaves: list[tuple[Node, int, KV]] = []  # deferred (node, where its forward begins, KV of the tokens before)
+    leaves: list[Deferred] = []
 
     def place(node: Node, kv: KV, last: torch.Tensor) -> None:
         """Rows ending at `node` get its logits and their tokens [split, end) of `kv` (per layer [1, h, end, d])."""
@@ -253,12 +255,17 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
                 walk.update(k[:, :, begin:end], v[:, :, begin:end], layer)
 
     def visit(node: Node) -> None:
-        begin = max(node.start, node.cached)
-        take(node, node.start, begin)  # the walk holds [0, start)
-        if deferred(node, root):  # the walk never writes its tensors in place: views stay valid
-            leaves.append((node, begin, [(k, v) for k, v, _ in walk]))
-            take(node, begin, node.end if node.children else begin)  # all stored, if there are children
+        begin = max(node.start, node.cached)  # the walk holds [0, start)
+        if deferred(node, root):
+            # views, not copies: the walk never writes its tensors in place, and the store's entries are kept
+            earlier = [[(k, v) for k, v, _ in walk]]
+            if begin > node.start:
+                earlier.append([(k[:, :, node.start : begin], v[:, :, node.start : begin])
+                                for k, v in store.get(node.cached_key)])
+            leaves.append((node, begin, earlier))
+            take(node, node.start, node.end if node.children else node.start)  # all stored, if there are children
         else:
+            take(node, node.start, begin)
             if node.end > begin:
                 ids = torch.tensor([prompts[node.rows[0]][begin : node.end]], device=device)
                 pos = torch.arange(begin, node.end, device=device)[None]
@@ -287,7 +294,7 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     return cache, mask, torch.stack(logits), prefix if split else None
 
 
-def within_budget(leaves: list[tuple[Node, int, KV]]):
+def within_budget(leaves: list[Deferred]):
     """Consecutive runs of `leaves` whose padded forward holds at most LEAF_BATCH_TOKENS row-tokens (one leaf
     always goes, however long): a batch of long histories would otherwise copy far more KV than one row."""
     part, known, new = [], 0, 0
@@ -303,7 +310,7 @@ def within_budget(leaves: list[tuple[Node, int, KV]]):
         yield part
 
 
-def encode_leaves(model, prompts: list[list[int]], leaves: list[tuple[Node, int, KV]]):
+def encode_leaves(model, prompts: list[list[int]], leaves: list[Deferred]):
     """One padded forward over several leaves' new tokens; yields (leaf, its KV [0, end), last logits).
 
     Each row is [padding, the leaf's earlier KV, padding, its new tokens]: earlier KV right-aligned
@@ -324,14 +331,17 @@ def encode_leaves(model, prompts: list[list[int]], leaves: list[tuple[Node, int,
         mask[r, known + new - count :] = 1
     cache = DynamicCache()
     if known:
-        walked = next(kv for _, begin, kv in leaves if begin)  # the walk's layers, as one leaf saw them
-        for layer, (k0, v0) in enumerate(walked):
+        shapes = next(segment for _, _, earlier in leaves for segment in earlier if segment)
+        for layer, (k0, v0) in enumerate(shapes):
             keys = k0.new_zeros((rows, k0.shape[1], known, k0.shape[-1]))
             values = v0.new_zeros((rows, v0.shape[1], known, v0.shape[-1]))
-            for r, (_, begin, kv) in enumerate(leaves):
-                if begin:
-                    keys[r, :, known - begin :] = kv[layer][0][0]
-                    values[r, :, known - begin :] = kv[layer][1][0]
+            for r, (_, begin, earlier) in enumerate(leaves):
+                at = known - begin
+                for segment in filter(None, earlier):
+                    k, v = segment[layer]
+                    keys[r, :, at : at + k.shape[2]] = k[0]
+                    values[r, :, at : at + v.shape[2]] = v[0]
+                    at += k.shape[2]
             cache.update(keys, values, layer)
     last = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                  logits_to_keep=1).logits[:, -1]
