@@ -7,7 +7,8 @@ The walk used to run one batch-1 forward per leaf; now the leaves share padded f
 (`prefix_cache.leaf_batches`). Three ways of preparing the same decode batch are timed, interleaved:
 
 - `padded`: no reuse, one padded forward over every row's whole prompt (`prefix_reuse=False`);
-- `walk`: the store and the tree, one forward per leaf (the leaf batches forced to single leaves);
+- `walk`: the previous behaviour: the store and the tree, every node in its own batch-1 forward during the
+  walk (`prefix_cache.deferred` patched to refuse every node);
 - `batched`: the default.
 
 Workloads, on the quickstart's real prompts (`--tasks` prompts x `--group` rows each): `turn`, turn 1
@@ -36,14 +37,14 @@ from juncture.policy.hf import HFPolicy
 
 
 @contextmanager
-def one_leaf_per_forward():
-    batches = prefix_cache.leaf_batches
-    prefix_cache.leaf_batches = lambda lengths, overhead: (sum(lengths) + overhead * len(lengths),
-                                                           [[j] for j in range(len(lengths))])
+def nothing_deferred():
+    """The walk as it was: every node encoded in its own batch-1 forward, in the walk (and costed so by `plan`)."""
+    deferred = prefix_cache.deferred
+    prefix_cache.deferred = lambda node, root: False
     try:
         yield
     finally:
-        prefix_cache.leaf_batches = batches
+        prefix_cache.deferred = deferred
 
 
 def workloads(policy: HFPolicy, tasks: int, group: int, turn1_tokens: int, seed: int) -> dict[str, list[list[int]]]:
@@ -70,7 +71,7 @@ def prefill(policy: HFPolicy, prompts: list[list[int]], mode: str) -> torch.Tens
             finally:
                 policy.prefix_reuse = True
         if mode == "walk":
-            with one_leaf_per_forward():
+            with nothing_deferred():
                 return policy._prefill(prompts, policy.kv_store)[2]
         return policy._prefill(prompts, policy.kv_store)[2]
 
