@@ -89,8 +89,7 @@ def bench(policy: HFPolicy, dtype: str, tasks: int, group: int, args) -> list[di
         ref = res["padded"][1].float()
         row = {"dtype": dtype, "workload": workload, "rows": len(prompts), "leaves": leaves,
                "prompt_len_max": max(map(len, prompts)),
-               "encoded_tokens": sum(n.end - max(n.start, n.cached) for n in prefix_cache.nodes(tree)
-                                     if prefix_cache.needs_forward(n))}
+               "encoded_tokens": sum(n.end - prefix_cache.encode_from(n) for n in prefix_cache.nodes(tree))}
         for mode, (t, logits) in res.items():
             row[f"{mode}_s"] = t
             row[f"{mode}_max_logit_diff"] = float((logits.float() - ref).abs().max())

@@ -71,7 +71,6 @@ class FusedDecoder:
         if reason:
             raise ValueError(f"FusedDecoder cannot run this model: {reason}")
         self.model = model
-        self.reordered = False
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -86,14 +85,15 @@ class FusedDecoder:
         if version == self.version:
             return
         self.layers = []  # free the stale copies before making new ones
-        self.reordered = packed_weights is not None
+        self.version = None
+        reordered = packed_weights is not None
 
         def single(m: nn.Linear) -> torch.Tensor:
-            return packed_weights[m] if self.reordered else m.weight.detach()
+            return packed_weights[m] if reordered else m.weight.detach()
 
         def fused(*ms: nn.Linear) -> torch.Tensor:
             w = torch.cat([m.weight.detach() for m in ms])
-            return packed.reorder(w) if self.reordered else w
+            return packed.reorder(w) if reordered else w
 
         def bias(*ms: nn.Linear) -> torch.Tensor | None:
             return None if ms[0].bias is None else torch.cat([m.bias.detach() for m in ms])
@@ -108,6 +108,7 @@ class FusedDecoder:
             ))
         self.lm_head = single(self.model.lm_head)
         self.lm_head_bias = bias(self.model.lm_head)
+        self._linear = packed.linear if reordered else _plain_linear  # (weight, bias, x), as made above
         self.version = version
 
     def _rope_table(self, length: int, dtype: torch.dtype) -> None:
@@ -128,8 +129,6 @@ class FusedDecoder:
         """transformers' LlamaRMSNorm: normalized in fp32, rounded to h's dtype, then scaled."""
         return F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(h.dtype) * weight
 
-    def _linear(self, weight, bias, x):
-        return packed.linear(weight, bias, x) if self.reordered else F.linear(x, weight, bias)
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache,
@@ -160,3 +159,7 @@ class FusedDecoder:
             h = h + self._linear(layer.down, None, F.silu(gate) * up)
         h = self._rms_norm(h, self.model.model.norm.weight)
         return self._linear(self.lm_head, self.lm_head_bias, h)
+
+
+def _plain_linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight, bias)

@@ -156,8 +156,17 @@ def nodes(root: Node):
         stack.extend(node.children)
 
 
+def encode_from(node: Node) -> int:
+    """Where the node's forward begins: its tokens before that are the parent's or the store's."""
+    return max(node.start, node.cached)
+
+
 def needs_forward(node: Node) -> bool:
-    return node.end > max(node.start, node.cached)
+    return node.end > encode_from(node)
+
+
+def forward_overhead(device: torch.device) -> int:
+    return FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
 
 
 def deferred(node: Node, root: Node) -> bool:
@@ -166,17 +175,26 @@ def deferred(node: Node, root: Node) -> bool:
     return node is not root and needs_forward(node) and (not node.children or node.stored >= node.end)
 
 
-def leaf_batches(lengths: list[int], overhead: int) -> tuple[int, list[list[int]]]:
+def leaf_batches(lengths: list[int], overhead: int, known: list[int] | None = None) -> tuple[int, list[list[int]]]:
     """The cheapest split of leaf forwards into padded batches: (cost in tokens, batches of indices).
 
     Sorted by length, the best batches are runs of neighbours; a batch costs one forward's
     overhead plus its size times its longest member (rows are padded to it). O(n^2) dynamic program.
+    With `known` (each leaf's tokens before its new ones), a batch of several leaves also holds at most
+    LEAF_BATCH_TOKENS row-tokens: its padded forward copies its rows' earlier KV, which for long
+    histories would be far more than one row's (then the best split is sought among runs of neighbours).
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     best = [0] + [0] * len(order)  # best[j]: cost of the first j leaves in sorted order
     start = [0] * (len(order) + 1)
     for j in range(1, len(order) + 1):
-        best[j], start[j] = min((best[i] + overhead + (j - i) * lengths[order[j - 1]], i) for i in range(j))
+        longest, widest, options = lengths[order[j - 1]], 0, []
+        for i in range(j - 1, -1, -1):  # the batch order[i:j], growing
+            widest = max(widest, known[order[i]]) if known else 0
+            if known and i < j - 1 and (j - i) * (widest + longest) > LEAF_BATCH_TOKENS:
+                break  # larger batches only hold more
+            options.append((best[i] + overhead + (j - i) * longest, i))
+        best[j], start[j] = min(options)
     batches, j = [], len(order)
     while j:
         batches.append(order[start[j] : j])
@@ -197,11 +215,12 @@ def mark_stored(root: Node, prompts: list[list[int]], store: KVStore | None) -> 
 
 def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
     """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
-    overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
+    overhead = forward_overhead(device)
     root = mark_stored(build_tree(prompts), prompts, store)
     walk = [n for n in nodes(root) if needs_forward(n) and not deferred(n, root)]
-    leaves = [n.end - max(n.start, n.cached) for n in nodes(root) if deferred(n, root)]
-    tree_cost = sum(n.end - max(n.start, n.cached) + overhead for n in walk) + leaf_batches(leaves, overhead)[0]
+    leaves = [n for n in nodes(root) if deferred(n, root)]
+    tree_cost = sum(n.end - encode_from(n) + overhead for n in walk) + leaf_batches(
+        [n.end - encode_from(n) for n in leaves], overhead, [encode_from(n) for n in leaves])[0]
     padded_cost = len(prompts) * max(map(len, prompts)) + overhead
     return root if tree_cost < padded_cost else None
 
@@ -255,7 +274,7 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
                 walk.update(k[:, :, begin:end], v[:, :, begin:end], layer)
 
     def visit(node: Node) -> None:
-        begin = max(node.start, node.cached)  # the walk holds [0, start)
+        begin = encode_from(node)  # the walk holds [0, start)
         if deferred(node, root):
             # views, not copies: the walk never writes its tensors in place, and the store's entries are kept
             earlier = [[(k, v) for k, v, _ in walk]]
@@ -280,11 +299,10 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
             walk.crop(node.end - walk.get_seq_length())
 
     visit(root)
-    overhead = FORWARD_OVERHEAD_TOKENS.get(device.type, ACCELERATOR_OVERHEAD_TOKENS)
-    for batch in leaf_batches([leaf.end - begin for leaf, begin, _ in leaves], overhead)[1]:
-        for part in within_budget([leaves[j] for j in batch]):
-            for leaf, kv, last in encode_leaves(model, prompts, part):
-                place(leaf, kv, last)
+    lengths, known = [leaf.end - begin for leaf, begin, _ in leaves], [begin for _, begin, _ in leaves]
+    for batch in leaf_batches(lengths, forward_overhead(device), known)[1]:
+        for leaf, kv, last in encode_leaves(model, prompts, [leaves[j] for j in batch]):
+            place(leaf, kv, last)
     mask = torch.zeros((n, width - split), dtype=torch.long, device=device)
     for i, p in enumerate(prompts):
         mask[i, width - len(p) :] = 1
@@ -292,22 +310,6 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     for layer, (k, v) in enumerate(batch_kv):
         cache.update(k, v, layer)
     return cache, mask, torch.stack(logits), prefix if split else None
-
-
-def within_budget(leaves: list[Deferred]):
-    """Consecutive runs of `leaves` whose padded forward holds at most LEAF_BATCH_TOKENS row-tokens (one leaf
-    always goes, however long): a batch of long histories would otherwise copy far more KV than one row."""
-    part, known, new = [], 0, 0
-    for leaf in leaves:
-        node, begin, _ = leaf
-        k, n = max(known, begin), max(new, node.end - begin)
-        if part and (len(part) + 1) * (k + n) > LEAF_BATCH_TOKENS:
-            yield part
-            part, k, n = [], begin, node.end - begin
-        part.append(leaf)
-        known, new = k, n
-    if part:
-        yield part
 
 
 def encode_leaves(model, prompts: list[list[int]], leaves: list[Deferred]):
