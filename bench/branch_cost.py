@@ -16,8 +16,13 @@ EOS is disabled so every row generates exactly its budget; no stop strings. Time
 of `--repeats` interleaved runs after an untimed warm-up repetition of every case;
 "prefill_s" times the same call with a 1-token budget.
 
-    .venv/bin/python bench/branch_cost.py [--batch 8] [--prefix-len 512] [--new-tokens 128]
-        [--fresh-prompt-len 64] [--dtypes float32 bfloat16] [--repeats 3] [--json runs/bench/branch_cost.json]
+    .venv/bin/python bench/branch_cost.py [--batch 8 ...] [--prefix-len 512] [--new-tokens 128]
+        [--fresh-prompt-len 64] [--skip-fresh] [--skip-next-turn] [--dtypes float32 bfloat16] [--repeats 3]
+        [--json runs/bench/branch_cost.json]
+
+Several `--batch` sizes give the speed-up as a function of B: (a)/(b+) is about
+1 + prefill / decode, and a decode step is bound by reading the weights, which B rows share,
+while the re-encoded prefill grows with B.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ def run(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, reuse: bool
     return time.perf_counter() - t0, outs
 
 
-def bench(policy: HFPolicy, dtype: str, args) -> list[dict]:
-    b, store = args.batch, policy.kv_store
+def bench(policy: HFPolicy, dtype: str, b: int, args) -> list[dict]:
+    store = policy.kv_store
     policy.eos_ids = set()  # every row generates exactly its budget
     parent = parent_sequence(policy, args.prefix_len)
     tool = policy.tokenizer.encode(TOOL_RESULT, add_special_tokens=False)
@@ -98,6 +103,8 @@ def bench(policy: HFPolicy, dtype: str, args) -> list[dict]:
         case("(b+) branch, parent KV kept", [parent] * b, args.new_tokens, True, rep, OrderedDict(store.entries))
         if not args.skip_fresh:
             case("(c) fresh rollout", [parent[: args.fresh_prompt_len]] * b, fresh_new, True, rep)
+        if args.skip_next_turn:
+            continue
         turn2 = [parent + o.tokens + tool for o in outs]
         case("(d) next turn, re-encode history", turn2, args.new_tokens, True, rep)
         case("(e) next turn, KV store", turn2, args.new_tokens, True, rep, after_b)
@@ -107,7 +114,9 @@ def bench(policy: HFPolicy, dtype: str, args) -> list[dict]:
         t = statistics.median(ts)
         rows.append({
             "dtype": dtype, "case": name, "batch": b, "prompt_len": info[name][0], "new_tokens_per_row": info[name][1],
-            "prefill_s": statistics.median(prefill[name]), "total_s": t, "s_per_row": t / b, "vs_a": base / t,
+            "prefill_s": statistics.median(prefill[name]), "total_s": t, "s_per_row": t / b,
+            "decode_ms_per_step": 1e3 * (t - statistics.median(prefill[name])) / max(1, info[name][1] - 1),
+            "vs_a": base / t,
             "times": ts,
         })
     return rows
@@ -115,11 +124,12 @@ def bench(policy: HFPolicy, dtype: str, args) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batch", type=int, default=8, help="branches forked at the same point (B)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[8], help="branches forked at the same point (B)")
     ap.add_argument("--prefix-len", type=int, default=512, help="tokens before the fork, prompt included")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens each branch generates")
     ap.add_argument("--fresh-prompt-len", type=int, default=64, help="prompt length of the fresh rollout (c)")
     ap.add_argument("--skip-fresh", action="store_true", help="skip the fresh rollout (c), the slowest case")
+    ap.add_argument("--skip-next-turn", action="store_true", help="skip the next-turn cases (d) and (e)")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after one warm-up")
     ap.add_argument("--threads", type=int, default=2)
@@ -132,7 +142,8 @@ def main() -> None:
     rows = []
     for dtype in args.dtypes:
         policy = HFPolicy.load(ModelConfig(path="default", dtype=dtype), log=lambda *_: None)
-        rows += bench(policy, dtype, args)
+        for b in args.batch:
+            rows += bench(policy, dtype, b, args)
         del policy
 
     env["uptime_end"] = os.popen("uptime").read().strip()
@@ -140,7 +151,7 @@ def main() -> None:
           f"{env['transformers']}; B={args.batch} rows, median of {args.repeats}.\n"
           f"load: start `{env['uptime_start']}`; end `{env['uptime_end']}`\n")
     print(markdown_table(rows, ["dtype", "case", "batch", "prompt_len", "new_tokens_per_row", "prefill_s", "total_s",
-                                "s_per_row", "vs_a"]))
+                                "s_per_row", "decode_ms_per_step", "vs_a"]))
     write_json(args.json, {"env": env, "args": vars(args), "rows": rows})
 
 
