@@ -43,9 +43,9 @@ def generate(policy, prompts, budgets, params, seed, reuse):
         policy.prefix_reuse = True
 
 
-def assert_same_as_plain(policy, prompts, budgets=None, seed=0):
+def assert_same_as_plain(policy, prompts, budgets=None, seed=0, store=None):
     budgets = budgets or [16] * len(prompts)
-    assert prefix_cache.plan(prompts, policy.device) is not None  # the shared path really runs
+    assert prefix_cache.plan(prompts, policy.device, store) is not None  # the shared path really runs
     for params in (SamplingParams(greedy=True), SamplingParams(temperature=0.8)):
         shared = generate(policy, prompts, budgets, params, seed, reuse=True)
         plain = generate(policy, prompts, budgets, params, seed, reuse=False)
@@ -87,6 +87,16 @@ def test_rows_without_a_common_prefix(policy, always_tree):
 
 def test_batch_of_one(policy, always_tree):
     assert_same_as_plain(policy, [rand_tokens(50, 6)])
+
+
+def test_one_row_from_stored_kv_keeps_no_shared_prefix(policy):
+    """A lone branch continuing its stored parent takes the tree path but decodes its rows whole."""
+    fresh_store(policy)
+    parent = branch_prompts(policy)[-1]  # generating it stored its KV
+    assert cached_tokens(policy, [parent]) == len(parent) - 1
+    cache, mask, _, prefix = policy._prefill([parent], policy.kv_store)
+    assert prefix is None and mask.shape == (1, len(parent)) and cache.get_seq_length() == len(parent)
+    assert_same_as_plain(policy, [parent], store=policy.kv_store)
 
 
 def test_bf16_shared_prefix_decoding_runs(tiny_model_dir):

@@ -249,7 +249,9 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     # extra matmuls of shared_prefix_attention made decode steps slower (docs/benchmarks.md, H100), so
     # only the CPU keeps the prefix apart.
     shared = device.type == "cpu" and model.config._attn_implementation == "sdpa"
-    split = root.end if root.end >= MIN_SHARED_PREFIX and shared else 0
+    # One row shares nothing: its prefix kept apart would only add the prefix path's products to every
+    # decode step (bf16, 512 tokens: 20 vs 16 ms per step, docs/benchmarks.md).
+    split = root.end if n > 1 and root.end >= MIN_SHARED_PREFIX and shared else 0
     walk = DynamicCache()
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     logits: list[torch.Tensor | None] = [None] * n
