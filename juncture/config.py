@@ -30,6 +30,10 @@ class VLLMConfig(_Section):
     enforce_eager: bool = Field(False, description="skip torch.compile / graph capture (faster start, slower decode)")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU memory share for weights + KV cache")
     cpu_kv_cache_gb: int = Field(2, ge=1, description="KV cache GiB on a CPU (VLLM_CPU_KVCACHE_SPACE)")
+    scores: Literal["rescore", "engine"] = Field(
+        "rescore", description="where sampled tokens' log-probs and full-vocabulary entropies come from: 'rescore', "
+        "a tree-packed forward of the HF model (the trainer's numbers exactly, one extra forward per call); "
+        "'engine', a logits processor inside vLLM (no extra forward; the engine's kernels' rounding)")
 
 
 class ModelConfig(_Section):

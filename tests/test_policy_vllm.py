@@ -125,3 +125,28 @@ def cached_tokens(policy, prompt: list[int]) -> int:
 
     out = policy.llm.generate([{"prompt_token_ids": prompt}], VLLMSamplingParams(max_tokens=1), use_tqdm=False)
     return out[0].num_cached_tokens
+
+
+def test_engine_scores_match_the_trainers(policy):
+    """model.vllm.scores=engine: the logits processor's entropies and the raw-logit log-probs equal the
+    trainer's (fp32 tiny model; different kernels, so a looser tolerance than rescoring's), greedy included."""
+    tok = policy.tokenizer
+    policy.scores = "engine"
+    try:
+        for params in (SamplingParams(temperature=1.3, top_k=20), SamplingParams(greedy=True)):
+            gens = policy.generate(prompts(tok), [12, 7, 12], params, torch.Generator().manual_seed(0))
+            rows = []
+            for i, (p, g) in enumerate(zip(prompts(tok), gens, strict=True)):
+                assert len(g.tokens) == len(g.logprobs) == len(g.entropies) >= 1
+                t = Trajectory.from_prompt(p, f"t{i}", "g", "task")
+                t.append(g.tokens, Source.MODEL, g.logprobs, g.entropies)
+                rows.append(t)
+            temperature = 1.0 if params.greedy else params.temperature
+            with torch.no_grad():
+                logp, ent = score(policy.model, pack(rows, policy.pad_id), temperature, with_entropy=True)
+            for i, t in enumerate(rows):
+                n = t.response_len
+                np.testing.assert_allclose(logp[i, -n:].numpy(), t.logprobs[t.prompt_len :], atol=2e-3)
+                np.testing.assert_allclose(ent[i, -n:].numpy(), t.entropies[t.prompt_len :], atol=2e-3)
+    finally:
+        policy.scores = "rescore"

