@@ -15,7 +15,9 @@ shared few-shot header), temperature 1.0, EOS disabled so every row generates ex
 `--new-tokens`, timed interleaved (best of `--repeats` after a warm-up):
   hf          HFPolicy.generate (KV cache, shared-prefix prefill and decoding; KV store emptied)
   vllm        VLLMPolicy.generate: vLLM sampling + the tree-packed HF rescoring of log-probs/entropies
+  vllm_engine VLLMPolicy.generate with model.vllm.scores=engine (log-probs/entropies from inside the engine)
   vllm_raw    the vLLM engine's generate alone (what vLLM itself costs)
+  generate    plain `model.generate` on the HF sampling model, forced to the same length (throughput.py's baseline)
 The engine's start-up (weight load, torch.compile unless --enforce-eager) is reported apart.
 """
 
@@ -27,7 +29,7 @@ import time
 
 import torch
 from common import environment, markdown_table, setup, timed, write_json
-from throughput import task_prompts
+from throughput import hf_generate, task_prompts
 
 from juncture.config import ModelConfig, VLLMConfig
 from juncture.policy.backends import load_policy
@@ -45,7 +47,8 @@ def bench_batch(hf, vp, prompts: list[list[int]], args) -> dict:
         hf.kv_store.clear()
         return sum(len(g.tokens) for g in hf.generate(prompts, budget, PARAMS, torch.Generator().manual_seed(0)))
 
-    def run_vllm():
+    def run_vllm(scores: str = "rescore"):
+        vp.scores = scores
         return sum(len(g.tokens) for g in vp.generate(prompts, budget, PARAMS, torch.Generator().manual_seed(0)))
 
     def run_raw():
@@ -53,15 +56,20 @@ def bench_batch(hf, vp, prompts: list[list[int]], args) -> dict:
         outs = vp.llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
-    res = timed({"hf": run_hf, "vllm": run_vllm, "vllm_raw": run_raw}, args.repeats)
+    res = timed({"hf": run_hf, "vllm": run_vllm, "vllm_engine": lambda: run_vllm("engine"), "vllm_raw": run_raw,
+                 "generate": lambda: hf_generate(hf, prompts, args.new_tokens)}, args.repeats)
     row = {"dtype": args.dtype, "batch": len(prompts), "prompt_len": max(map(len, prompts)),
            "new_tokens": args.new_tokens}
     for name, (t, n) in res.items():
         row[f"{name}_s"], row[f"{name}_tok_s"] = t, n / t
     row["vllm_vs_hf"] = row["vllm_tok_s"] / row["hf_tok_s"]
+    row["engine_vs_hf"] = row["vllm_engine_tok_s"] / row["hf_tok_s"]
     row["raw_vs_hf"] = row["vllm_raw_tok_s"] / row["hf_tok_s"]
+    row["hf_vs_generate"] = row["hf_tok_s"] / row["generate_tok_s"]
+    row["engine_vs_generate"] = row["vllm_engine_tok_s"] / row["generate_tok_s"]
     print(f"  batch {len(prompts)}: hf {row['hf_tok_s']:.1f} tok/s, vllm {row['vllm_tok_s']:.1f}, "
-          f"raw {row['vllm_raw_tok_s']:.1f}", flush=True)
+          f"engine scores {row['vllm_engine_tok_s']:.1f}, raw {row['vllm_raw_tok_s']:.1f}, "
+          f"model.generate {row['generate_tok_s']:.1f}", flush=True)
     return row
 
 
@@ -91,8 +99,9 @@ def main() -> None:
     print(f"\nSmolLM2-135M-Instruct, {env['threads']} threads, torch {env['torch']}, transformers "
           f"{env['transformers']}, vllm {env['vllm']} (start-up {env['vllm_start_s']:.0f} s); best of {args.repeats}; "
           f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
-    print(markdown_table(rows, ["dtype", "batch", "prompt_len", "new_tokens", "hf_tok_s", "vllm_tok_s", "vllm_raw_tok_s",
-                                "vllm_vs_hf", "raw_vs_hf"]))
+    print(markdown_table(rows, ["dtype", "batch", "prompt_len", "new_tokens", "hf_tok_s", "vllm_tok_s",
+                                "vllm_engine_tok_s", "vllm_raw_tok_s", "generate_tok_s", "vllm_vs_hf", "engine_vs_hf",
+                                "raw_vs_hf", "hf_vs_generate", "engine_vs_generate"]))
     write_json(args.json, {"env": env, "args": vars(args), "rows": rows})
 
 
