@@ -112,7 +112,7 @@ class VLLMPolicy(HFPolicy):
         ]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], requests, use_tqdm=False)
         gens = []
-        for out, name in zip(outs, names, strict=True):
+        for out in outs:
             o = out.outputs[0]
             tokens = list(o.token_ids)
             if o.finish_reason == "length":
@@ -122,11 +122,13 @@ class VLLMPolicy(HFPolicy):
             else:
                 reason, stop = "eos", None
             gens.append(Generation(tokens, finish_reason=reason, stop=stop))
-            if engine:
-                recorded = ScoreRecorder.take(name, len(tokens))
-                _engine_scores(gens[-1], o.logprobs, recorded, 1.0 if params.greedy else params.temperature)
-        if not engine:
-            self._score(prompts, gens, 1.0 if params.greedy else params.temperature)
+        temperature = 1.0 if params.greedy else params.temperature
+        if engine:  # every row's records taken (and forgotten) before any error
+            recorded = [ScoreRecorder.take(name, len(g.tokens)) for name, g in zip(names, gens, strict=True)]
+            for out, g, rec in zip(outs, gens, recorded, strict=True):
+                _engine_scores(g, out.outputs[0].logprobs, rec, temperature)
+        else:
+            self._score(prompts, gens, temperature)
         return gens
 
     def _score(self, prompts: list[list[int]], gens: list[Generation], temperature: float) -> None:
