@@ -69,13 +69,20 @@ def test_generations_carry_the_trainers_logprobs_and_entropies(policy):
     assert [g.tokens for g in again] == [g.tokens for g in gens]  # seeded from the torch generator
 
 
-def test_stop_strings_end_the_row(policy):
+@pytest.mark.parametrize("scores", ["rescore", "engine"])
+def test_stop_strings_end_the_row(policy, scores):
     tok = policy.tokenizer
     first = policy.generate(prompts(tok)[:1], [6], SamplingParams(greedy=True))[0]
     stop = tok.decode(first.tokens[2:4])
-    out = policy.generate(prompts(tok)[:1], [6], SamplingParams(greedy=True, stop_strings=(stop,)))[0]
+    policy.scores = scores
+    try:
+        out = policy.generate(prompts(tok)[:1], [6], SamplingParams(greedy=True, stop_strings=(stop,)))[0]
+    finally:
+        policy.scores = "rescore"
     assert out.finish_reason == "stop" and out.stop == stop
     assert stop in tok.decode(out.tokens) and len(out.tokens) <= 4
+    assert len(out.logprobs) == len(out.entropies) == len(out.tokens)
+    np.testing.assert_allclose(out.logprobs, first.logprobs[: len(out.tokens)], atol=2e-3)
 
 
 def test_trainer_steps_on_the_vllm_backend(policy, model_dir, tmp_path):
