@@ -21,7 +21,9 @@ so earlier parts stay), then:
         pip install --no-index --no-deps --target /tmp/site /tmp/vllm-wheels/*.whl
     export PYTHONPATH=/tmp/site   # juncture's vllm backend sets VLLM_USE_FLASHINFER_SAMPLER=0 without flashinfer
 
-Needs glibc >= 2.31 there (llguidance ships only manylinux_2_31 wheels).
+Needs glibc >= 2.31 there (llguidance ships only manylinux_2_31 wheels). Then, in the same warm machine,
+`python -m pytest tests/test_policy_vllm.py` (both `model.vllm.scores` modes) and `bench/vllm_rollout.py`,
+whose `vllm_engine` column is the engine-scored backend.
 """
 
 from __future__ import annotations
