@@ -31,12 +31,16 @@ def model_dir(tmp_path_factory, tokenizer):
     return target
 
 
-VLLM = VLLMConfig(max_model_len=512, enforce_eager=True, cpu_kv_cache_gb=1, gpu_memory_utilization=0.2)
+VLLM = VLLMConfig(max_model_len=512, enforce_eager=True, cpu_kv_cache_gb=1, gpu_memory_utilization=0.2,
+                  scores="engine")
 
 
 @pytest.fixture(scope="module")
 def policy(model_dir):
-    return load_policy(ModelConfig(path=str(model_dir), backend="vllm", vllm=VLLM), log=lambda *_: None)
+    """Built for engine scores (its logits processor installed), rescoring unless a test switches."""
+    pol = load_policy(ModelConfig(path=str(model_dir), backend="vllm", vllm=VLLM), log=lambda *_: None)
+    pol.scores = "rescore"
+    return pol
 
 
 def prompts(tok):
@@ -157,3 +161,12 @@ def test_engine_scores_match_the_trainers(policy):
                 np.testing.assert_allclose(ent[i, -n:].numpy(), t.entropies[t.prompt_len :], atol=2e-3)
     finally:
         policy.scores = "rescore"
+
+
+def test_engine_scores_need_an_engine_built_for_them(policy):
+    policy.scores, policy.recorder = "engine", False  # as if loaded with model.vllm.scores=rescore
+    try:
+        with pytest.raises(ValueError, match="model.vllm.scores=engine"):
+            policy.generate(prompts(policy.tokenizer)[:1], [4], SamplingParams())
+    finally:
+        policy.scores, policy.recorder = "rescore", True

@@ -45,6 +45,7 @@ class VLLMPolicy(HFPolicy):
         self.llm = llm
         self.score_batch = score_batch
         self.scores = scores  # 'rescore' (the HF model's forward) or 'engine' (vllm_scores.ScoreRecorder)
+        self.recorder = scores == "engine"  # whether the engine was built with the ScoreRecorder
         self._calls = 0
 
     @classmethod
@@ -67,8 +68,10 @@ class VLLMPolicy(HFPolicy):
             model=str(path), tokenizer=str(path), dtype=cfg.dtype, seed=0, max_model_len=cfg.vllm.max_model_len,
             enable_prefix_caching=cfg.vllm.prefix_caching, enforce_eager=cfg.vllm.enforce_eager,
             gpu_memory_utilization=cfg.vllm.gpu_memory_utilization,
-            # always installed (idle unless a request names itself), so `scores` can change between calls
-            logits_processors=[ScoreRecorder], logprobs_mode="raw_logits",
+            # only where used: any custom logits processor makes vLLM keep every request's output ids up to
+            # date each step, which on a GPU waits for the step's sampled ids (no async overlap)
+            **({"logits_processors": [ScoreRecorder], "logprobs_mode": "raw_logits"}
+               if cfg.vllm.scores == "engine" else {}),
         )
         return cls(base.model, base.tokenizer, llm, cfg.dtype, reordered_weights=cfg.reordered_weights,
                    scores=cfg.vllm.scores)
@@ -99,6 +102,8 @@ class VLLMPolicy(HFPolicy):
             return []
         seeds = torch.randint(2**31 - 1, (len(prompts),), generator=generator).tolist()
         engine = self.scores == "engine"
+        if engine and not self.recorder:
+            raise ValueError("scores='engine' needs an engine built with model.vllm.scores=engine (its logits processor)")
         self._calls += 1
         names = [f"{id(self)}.{self._calls}.{i}" for i in range(len(prompts))]
         requests = [
