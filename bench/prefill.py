@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from common import environment, markdown_table, setup, timed, write_json
@@ -63,7 +63,7 @@ def workloads(policy: HFPolicy, tasks: int, group: int, turn1_tokens: int, seed:
 
 def prefill(policy: HFPolicy, prompts: list[list[int]], mode: str) -> torch.Tensor:
     """The last-token logits after preparing the decode batch `mode`'s way (as generate does: reordered weights)."""
-    with torch.no_grad(), policy._packed.active() if policy._reordering() else nullcontext():
+    with torch.no_grad(), policy.sampling_weights():
         if mode == "padded":
             policy.prefix_reuse = False
             try:

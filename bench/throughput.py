@@ -83,11 +83,11 @@ def juncture_generate(policy: HFPolicy, prompts, new_tokens: int, gen: torch.Gen
 
 def juncture_generate_unfused(policy: HFPolicy, *args) -> int:
     """juncture_generate with the decode steps run by transformers' forward instead of the fused decoder."""
-    fused, policy._fused = policy._fused, None
+    fused, policy.fused_decoder = policy.fused_decoder, None
     try:
         return juncture_generate(policy, *args)
     finally:
-        policy._fused = fused
+        policy.fused_decoder = fused
 
 
 def bench_rollout(policy: HFPolicy, dtype: str, batch: int, new_tokens: int, repeats: int) -> dict:

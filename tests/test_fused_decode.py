@@ -145,19 +145,19 @@ def test_weights_are_remade_after_an_update(model):
 
 def generate_both(policy, prompts, budgets, params, seed=0):
     outs = {}
-    fused = policy._fused
+    fused = policy.fused_decoder
     for name, decoder in (("fused", fused), ("transformers", None)):
-        policy._fused = decoder
+        policy.fused_decoder = decoder
         try:
             outs[name] = policy.generate(prompts, budgets, params, torch.Generator().manual_seed(seed))
         finally:
-            policy._fused = fused
+            policy.fused_decoder = fused
     return outs["fused"], outs["transformers"]
 
 
 def test_generations_with_a_shared_prefix_and_branches(policy):
     """Whole generations through the backend: a shared prefix kept apart, rows finishing at different steps."""
-    assert policy._fused is not None
+    assert policy.fused_decoder is not None
     header = rand_tokens(120, 5)
     prompts = [header + rand_tokens(k, 50 + k) for k in (4, 11, 11, 2)]
     assert policy._prefill(prompts)[3] is not None
@@ -179,8 +179,8 @@ def test_same_generations_as_transformers(policy, lengths, budgets, header, seed
 
 
 def test_config_switch(tiny_model_dir):
-    assert HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))._fused is not None
-    assert HFPolicy.load(ModelConfig(path=str(tiny_model_dir), fused_decode=False))._fused is None
+    assert HFPolicy.load(ModelConfig(path=str(tiny_model_dir))).fused_decoder is not None
+    assert HFPolicy.load(ModelConfig(path=str(tiny_model_dir), fused_decode=False)).fused_decoder is None
 
 
 @pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0}, {

@@ -161,13 +161,13 @@ def test_decode_steps_do_not_reallocate(policy, fused):
     def record(cache):
         buffers.append((cache.get_seq_length(), cache.layers[0].key_buffer.data_ptr()))
 
-    fused_decoder, eos = policy._fused, policy.eos_ids
+    fused_decoder, eos = policy.fused_decoder, policy.eos_ids
     assert fused_decoder is not None  # the tiny test model is a Llama
     handle = None
     if fused:
-        policy._fused = _RecordingDecoder(fused_decoder, record)
+        policy.fused_decoder = _RecordingDecoder(fused_decoder, record)
     else:
-        policy._fused = None
+        policy.fused_decoder = None
         handle = policy.gen_model.register_forward_hook(lambda m, a, kw, out: record(kw["past_key_values"]),
                                                         with_kwargs=True)
     policy.eos_ids = set()  # rows run their whole budget
@@ -187,4 +187,4 @@ def test_decode_steps_do_not_reallocate(policy, fused):
     finally:
         if handle is not None:
             handle.remove()
-        policy._fused, policy.eos_ids = fused_decoder, eos
+        policy.fused_decoder, policy.eos_ids = fused_decoder, eos

@@ -47,7 +47,7 @@ class HFPolicy:
         self._packed = packed.PackedLinears(self.gen_model)
         # decode steps of Llama models in fewer, larger ops (see fused_decode); None: transformers' forward
         use_fused = fused and fused_decode.unsupported(self.gen_model) is None
-        self._fused = fused_decode.FusedDecoder(self.gen_model) if use_fused else None
+        self.fused_decoder = fused_decode.FusedDecoder(self.gen_model) if use_fused else None
 
     @classmethod
     def load(cls, cfg: ModelConfig, log=print, prefix_reuse: bool = True) -> HFPolicy:
@@ -74,6 +74,10 @@ class HFPolicy:
             return torch.autocast(self.device.type, dtype=self.dtype)
         # fp32: gen_model is model. A no-grad pass (old-policy log-probs) needs no transposed copies.
         return self._packed.active(training=torch.is_grad_enabled()) if self._reordering() else nullcontext()
+
+    def sampling_weights(self):
+        """Context for sampling forwards: on a CPU, the oneDNN-reordered weight copies (see packed); else nothing."""
+        return self._packed.active() if self._reordering() else nullcontext()
 
     def _reordering(self) -> bool:
         return self.pack_weights and self.device.type == "cpu"
@@ -110,11 +114,11 @@ class HFPolicy:
         store = self.kv_store if self.prefix_reuse else None
         if store is not None:
             store.sync(self.gen_model)
-        with self._packed.active() if self._reordering() else nullcontext():
+        with self.sampling_weights():
             # room for every sampled token but the last, which is never fed back
             cache, mask, logits, prefix = self._prefill(prompts, store, max(max_new_tokens) - 1)
-            if self._fused is not None:
-                self._fused.sync(self._packed.weights if self._reordering() else None)
+            if self.fused_decoder is not None:
+                self.fused_decoder.sync(self._packed.weights if self._reordering() else None)
                 attention = nullcontext()  # the fused step takes the shared prefix as an argument
             else:  # transformers' forward reaches it through an attention interface
                 attention = prefix_cache.shared_prefix_decoding(self.gen_model, prefix)
@@ -195,8 +199,8 @@ class HFPolicy:
 
     def _step(self, tokens, positions, mask, cache, prefix) -> torch.Tensor:
         """Next-token logits [rows, vocab] after feeding one token per row."""
-        if self._fused is not None:
-            return self._fused(tokens, positions, mask, cache, prefix)
+        if self.fused_decoder is not None:
+            return self.fused_decoder(tokens, positions, mask, cache, prefix)
         return self.gen_model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None],
                               past_key_values=cache, use_cache=True, shared_prefix=prefix).logits[:, -1]
 
