@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 
 import torch
-from common import environment, markdown_table, setup, write_json
+from common import markdown_table, parse_and_setup, write_json
 
 from juncture.agent.loop import encode_prompt
 from juncture.agent.protocol import result_text
@@ -132,11 +132,7 @@ def main() -> None:
     ap.add_argument("--skip-next-turn", action="store_true", help="skip the next-turn cases (d) and (e)")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after one warm-up")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads)
-    env = environment()
+    args, env = parse_and_setup(ap)
     env["uptime_start"] = os.popen("uptime").read().strip()
 
     rows = []

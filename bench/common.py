@@ -24,6 +24,18 @@ def setup(threads: int = 2, seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
+def parse_and_setup(ap, seed: bool = False):
+    """Add the options every benchmark shares (--threads, --json; --seed with `seed`), parse, `setup`;
+    returns (args, environment())."""
+    if seed:
+        ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", help="write results to this JSON file")
+    args = ap.parse_args()
+    setup(args.threads, args.seed if seed else 0)
+    return args, environment()
+
+
 def environment() -> dict:
     import transformers
 

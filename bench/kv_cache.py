@@ -21,7 +21,7 @@ import statistics
 import time
 
 import torch
-from common import environment, markdown_table, setup, write_json
+from common import markdown_table, parse_and_setup, write_json
 from throughput import task_prompts
 
 from juncture.config import ModelConfig
@@ -91,12 +91,8 @@ def main() -> None:
     ap.add_argument("--reuse", nargs="+", default=["off", "on"], choices=["off", "on"],
                     help="prefix reuse settings to time")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="default", help="model path (default: SmolLM2-135M-Instruct)")
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads)
-    env = environment()
+    args, env = parse_and_setup(ap)
 
     rows = []
     for dtype in args.dtypes:

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import environment, markdown_table, setup, timed, write_json
+from common import markdown_table, parse_and_setup, timed, write_json
 
 from juncture.agent.loop import encode_prompt
 from juncture.config import load_config
@@ -151,11 +151,7 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (best of) after one warm-up")
     ap.add_argument("--rollouts", help="replay this rollout log (a run's rollouts/step_*.jsonl.gz) as the batch")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads)
-    env = environment()
+    args, env = parse_and_setup(ap)
     rows = []
     with tempfile.TemporaryDirectory() as run_dir:
         for dtype in args.dtypes:

@@ -27,7 +27,7 @@ import random
 from contextlib import contextmanager
 
 import torch
-from common import environment, markdown_table, setup, timed, write_json
+from common import markdown_table, parse_and_setup, timed, write_json
 from throughput import task_prompts
 
 from juncture.config import ModelConfig
@@ -108,12 +108,7 @@ def main() -> None:
     ap.add_argument("--turn1-tokens", type=int, default=48)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads, args.seed)
-    env = environment()
+    args, env = parse_and_setup(ap, seed=True)
     rows = []
     for dtype in args.dtypes:
         policy = HFPolicy.load(ModelConfig(dtype=dtype), log=lambda *_: None)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from common import environment, markdown_table, setup, timed, write_json
+from common import markdown_table, parse_and_setup, timed, write_json
 from transformers import GenerationConfig
 
 from juncture.agent.loop import encode_prompt
@@ -222,11 +222,7 @@ def main() -> None:
     ap.add_argument("--eos-seeds", type=int, default=0,
                     help="also time both loops stopping at EOS, summed over this many seeds (0: skip)")
     ap.add_argument("--skip-equal-length", action="store_true", help="skip the equal-length comparison")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads)
-    env = environment()
+    args, env = parse_and_setup(ap)
 
     rollout, rollout_eos, train = [], [], []
     results = {"env": env, "args": vars(args), "rollout": rollout, "rollout_eos": rollout_eos, "train": train}

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment, markdown_table, setup, write_json
+from common import markdown_table, parse_and_setup, write_json
 
 from juncture.agent.protocol import build_messages
 from juncture.config import RunConfig, apply_overrides
@@ -153,12 +153,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps, after one warm-up step")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads, args.seed)
-    env = environment()
+    args, env = parse_and_setup(ap, seed=True)
 
     cfg = make_config(args)
     train_tasks, _ = build_tasks(cfg.task)

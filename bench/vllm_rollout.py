@@ -28,7 +28,7 @@ import os
 import time
 
 import torch
-from common import environment, markdown_table, setup, timed, write_json
+from common import markdown_table, parse_and_setup, timed, write_json
 from throughput import hf_generate, task_prompts
 
 from juncture.config import ModelConfig, VLLMConfig
@@ -80,11 +80,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="write results to this JSON file")
-    args = ap.parse_args()
-    setup(args.threads)
-    env = environment()
+    args, env = parse_and_setup(ap)
     import vllm
 
     env["vllm"] = vllm.__version__

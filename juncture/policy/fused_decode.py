@@ -129,7 +129,6 @@ class FusedDecoder:
         """transformers' LlamaRMSNorm: normalized in fp32, rounded to h's dtype, then scaled."""
         return F.rms_norm(h.float(), (h.shape[-1],), eps=self.eps).to(h.dtype) * weight
 
-
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache,
                  prefix: SharedPrefix | None = None) -> torch.Tensor:
