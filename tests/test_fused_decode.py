@@ -27,7 +27,7 @@ def model(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def policy(tiny_model_dir):
-    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))
+    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
 
 
 def prefilled(model, prompts: list[list[int]], reserve: int = 8):

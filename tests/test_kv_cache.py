@@ -84,7 +84,7 @@ def test_same_contents_as_dynamic_cache(reserve, batch, ops):
 
 @pytest.fixture(scope="module")
 def policy(tiny_model_dir):
-    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))
+    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
 
 
 def generate(policy, prompts, budgets, params, preallocate, reuse=True, seed=0):

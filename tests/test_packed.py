@@ -70,7 +70,7 @@ def test_repacks_after_the_weights_change_in_place():
 
 @pytest.fixture(scope="module")
 def policies(tiny_model_dir):
-    return {dtype: HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype=dtype)) for dtype in ("float32", "bfloat16")}
+    return {dtype: HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype=dtype, device="cpu")) for dtype in ("float32", "bfloat16")}
 
 
 @pytest.mark.parametrize("dtype, params", [
@@ -142,12 +142,12 @@ def test_training_steps_follow_the_weights():
 
 
 def test_policy_train_forward_uses_them_in_fp32_only(tiny_model_dir):
-    fp32 = HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))
+    fp32 = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
     linear = next(m for m in fp32.model.modules() if type(m) is nn.Linear)
     with fp32.train_forward():
         assert "forward" in vars(linear)
     assert "forward" not in vars(linear)
-    bf16 = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16"))
+    bf16 = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16", device="cpu"))
     linear = next(m for m in bf16.model.modules() if type(m) is nn.Linear)
     with bf16.train_forward():
         assert "forward" not in vars(linear) and torch.is_autocast_enabled("cpu")

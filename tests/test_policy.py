@@ -39,8 +39,8 @@ def test_logprobs_and_entropies_match_training_forward(policy):
         logp, ent = score(policy.model, packed, 1.0, with_entropy=True)
     for i, tr in enumerate(rows):
         n = tr.response_len
-        np.testing.assert_allclose(logp[i, -n:].numpy(), tr.logprobs[tr.prompt_len :], atol=2e-4)
-        np.testing.assert_allclose(ent[i, -n:].numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
+        np.testing.assert_allclose(logp[i, -n:].cpu().numpy(), tr.logprobs[tr.prompt_len :], atol=2e-4)
+        np.testing.assert_allclose(ent[i, -n:].cpu().numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
         assert packed.loss_mask[i, -n:].tolist() == [1.0] * n
 
 

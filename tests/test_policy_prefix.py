@@ -22,7 +22,7 @@ from juncture.tree import Source, Trajectory
 
 @pytest.fixture(scope="module")
 def policy(tiny_model_dir):
-    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir)))
+    return HFPolicy.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_one_row_from_stored_kv_keeps_no_shared_prefix(policy):
 
 
 def test_bf16_shared_prefix_decoding_runs(tiny_model_dir):
-    pol = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16"))
+    pol = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype="bfloat16", device="cpu"))
     prompts = branch_prompts(pol)
     gens = pol.generate(prompts, [10] * len(prompts), SamplingParams(), torch.Generator().manual_seed(0))
     for g in gens:
@@ -281,8 +281,8 @@ def test_shared_prefill_logprobs_match_training_forward(policy):
         logp, ent = score(policy.model, packed, 1.0, with_entropy=True)
     for i, tr in enumerate(rows):
         n = tr.response_len
-        np.testing.assert_allclose(logp[i, -n:].numpy(), tr.logprobs[tr.prompt_len :], atol=2e-4)
-        np.testing.assert_allclose(ent[i, -n:].numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
+        np.testing.assert_allclose(logp[i, -n:].cpu().numpy(), tr.logprobs[tr.prompt_len :], atol=2e-4)
+        np.testing.assert_allclose(ent[i, -n:].cpu().numpy(), tr.entropies[tr.prompt_len :], atol=2e-4)
 
 
 @settings(max_examples=40, deadline=None)

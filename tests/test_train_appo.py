@@ -45,10 +45,10 @@ def script_first_turn(policy: HFPolicy, text: str = SCRIPT) -> None:
         outs = real(prompts, budgets, params, generator)
         for i, p in enumerate(prompts):
             if p[-len(opener) :] == opener and budgets[i] >= len(script):
-                ids = torch.tensor([p + script])
+                ids = torch.tensor([p + script], device=policy.device)
                 with torch.no_grad():
                     logits = policy.gen_model(input_ids=ids).logits[0, len(p) - 1 : -1] / params.temperature
-                lp, ent = logprobs_and_entropy(logits, torch.tensor(script))
+                lp, ent = logprobs_and_entropy(logits, torch.tensor(script, device=policy.device))
                 outs[i] = Generation(list(script), lp.tolist(), ent.tolist(), "stop", "</python>")
         return outs
 
