@@ -71,9 +71,9 @@ def branches(model_dir: Path, arch: str, args) -> list[dict]:
 
     policy = HFPolicy.load(ModelConfig(path=str(model_dir), dtype="bfloat16"), log=lambda *_: None)
     ns = argparse.Namespace(batch=8, prefix_len=args.prefix_len, new_tokens=args.new_tokens, fresh_prompt_len=64,
-                            skip_fresh=False, repeats=args.repeats)
+                            skip_fresh=False, skip_next_turn=False, repeats=args.repeats)
     return [{"model": arch, **{k: v for k, v in r.items() if k != "times"}}
-            for r in branch_cost.bench(policy, "bfloat16", ns)]
+            for r in branch_cost.bench(policy, "bfloat16", 8, ns)]
 
 
 def updates(model_dir: Path, arch: str, args) -> list[dict]:
@@ -90,16 +90,17 @@ def grpo_steps(model_dir: Path, arch: str, args) -> dict:
     from trl_compare import make_config
 
     from juncture.config import apply_overrides
-    from juncture.policy.hf import HFPolicy
+    from juncture.policy.backends import load_policy
     from juncture.tasks import build_tasks
     from juncture.train.rl import Trainer
 
     ns = argparse.Namespace(dtype="bfloat16", max_tokens=args.new_tokens, group=8, prompts=args.grpo_prompts,
                             lr=1e-6, seed=0)
     cfg = make_config(ns)
-    cfg = type(cfg).model_validate(apply_overrides(cfg.model_dump(), [f"model.path={model_dir}"]))
+    overrides = [f"model.path={model_dir}", "model.vllm.max_model_len=2048", *args.grpo_set]
+    cfg = type(cfg).model_validate(apply_overrides(cfg.model_dump(), overrides))
     train_tasks, _ = build_tasks(cfg.task)
-    policy = HFPolicy.load(cfg.model, log=lambda *_: None)
+    policy = load_policy(cfg.model, log=lambda *_: None)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, policy, {}, train_tasks, Path(run_dir))
         times, rollout, tokens = [], [], []
@@ -111,7 +112,8 @@ def grpo_steps(model_dir: Path, arch: str, args) -> dict:
                 rollout.append(m["time/rollout_s"])
                 tokens.append(m["rollout/new_tokens"])
     step_s = statistics.median(times)
-    return {"model": arch, "rows": args.grpo_prompts * 8, "steps": len(times), "step_s": step_s,
+    return {"model": arch, "config": " ".join(args.grpo_set) or "defaults", "rows": args.grpo_prompts * 8,
+            "steps": len(times), "step_s": step_s,
             "rollout_s": statistics.median(rollout), "update_s": step_s - statistics.median(rollout),
             "gen_tokens": statistics.median(tokens), "gen_tok_s": sum(tokens) / sum(times)}
 
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--mfu-rows", type=int, default=16)
     ap.add_argument("--peak-size", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--grpo-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of the GRPO steps' config, e.g. model.backend=vllm model.vllm.scores=engine")
     ap.add_argument("--parts", nargs="+", default=["mfu", "rollout", "branch", "update", "grpo"])
     ap.add_argument("--out", default="runs/bench/gpu")
     ap.add_argument("--smoke", action="store_true")
@@ -167,7 +171,7 @@ def main() -> None:
         "rollout": ["model", "batch", "prompt_len", "hf_tok_s", "juncture_tok_s", "ratio"],
         "branch": ["model", "case", "prompt_len", "new_tokens_per_row", "prefill_s", "total_s", "vs_a"],
         "update": ["model", "packing", "rows", "update_s", "vs_flat", "fed_tokens", "trained_tok_s", "loss"],
-        "grpo": ["model", "rows", "steps", "step_s", "rollout_s", "update_s", "gen_tokens", "gen_tok_s"],
+        "grpo": ["model", "config", "rows", "steps", "step_s", "rollout_s", "update_s", "gen_tokens", "gen_tok_s"],
     }
     for name in args.parts:
         print(f"{name}:\n{markdown_table(results[name], columns[name])}\n")
