@@ -56,19 +56,23 @@ def bench_batch(hf, vp, prompts: list[list[int]], args) -> dict:
         outs = vp.llm.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
         return sum(len(o.outputs[0].token_ids) for o in outs)
 
-    res = timed({"hf": run_hf, "vllm": run_vllm, "vllm_engine": lambda: run_vllm("engine"), "vllm_raw": run_raw,
-                 "generate": lambda: hf_generate(hf, prompts, args.new_tokens)}, args.repeats)
+    cases = {"hf": run_hf, "vllm": run_vllm, "vllm_engine": lambda: run_vllm("engine"), "vllm_raw": run_raw,
+             "generate": lambda: hf_generate(hf, prompts, args.new_tokens)}
+    if args.scores == "rescore":  # an engine without the score recorder: no engine-scores column
+        cases.pop("vllm_engine")
+    res = timed(cases, args.repeats)
     row = {"dtype": args.dtype, "batch": len(prompts), "prompt_len": max(map(len, prompts)),
            "new_tokens": args.new_tokens}
     for name, (t, n) in res.items():
         row[f"{name}_s"], row[f"{name}_tok_s"] = t, n / t
     row["vllm_vs_hf"] = row["vllm_tok_s"] / row["hf_tok_s"]
-    row["engine_vs_hf"] = row["vllm_engine_tok_s"] / row["hf_tok_s"]
     row["raw_vs_hf"] = row["vllm_raw_tok_s"] / row["hf_tok_s"]
     row["hf_vs_generate"] = row["hf_tok_s"] / row["generate_tok_s"]
-    row["engine_vs_generate"] = row["vllm_engine_tok_s"] / row["generate_tok_s"]
+    if "vllm_engine_tok_s" in row:
+        row["engine_vs_hf"] = row["vllm_engine_tok_s"] / row["hf_tok_s"]
+        row["engine_vs_generate"] = row["vllm_engine_tok_s"] / row["generate_tok_s"]
     print(f"  batch {len(prompts)}: hf {row['hf_tok_s']:.1f} tok/s, vllm {row['vllm_tok_s']:.1f}, "
-          f"engine scores {row['vllm_engine_tok_s']:.1f}, raw {row['vllm_raw_tok_s']:.1f}, "
+          f"engine scores {row.get('vllm_engine_tok_s', 0):.1f}, raw {row['vllm_raw_tok_s']:.1f}, "
           f"model.generate {row['generate_tok_s']:.1f}", flush=True)
     return row
 
@@ -80,19 +84,26 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile (faster start)")
+    ap.add_argument("--scores", default="engine", choices=["engine", "rescore"],
+                    help="build the engine with the score recorder (all columns) or without (vLLM as it comes; "
+                    "no vllm_engine column)")
+    ap.add_argument("--model", default=None, help="model directory (default: the packaged SmolLM2-135M-Instruct; "
+                    "on the lent GPU, a random-weight one from bench/gpu.py's random_model)")
     args, env = parse_and_setup(ap)
     import vllm
 
     env["vllm"] = vllm.__version__
-    hf = load_policy(ModelConfig(dtype=args.dtype), log=lambda *_: None)
+    model = {"path": args.model} if args.model else {}
+    hf = load_policy(ModelConfig(dtype=args.dtype, **model), log=lambda *_: None)
     t0 = time.perf_counter()
-    vcfg = VLLMConfig(max_model_len=1024, enforce_eager=args.enforce_eager)
-    vp = load_policy(ModelConfig(dtype=args.dtype, backend="vllm", vllm=vcfg), log=lambda *_: None)
+    vcfg = VLLMConfig(max_model_len=1024, enforce_eager=args.enforce_eager, scores=args.scores)
+    vp = load_policy(ModelConfig(dtype=args.dtype, backend="vllm", vllm=vcfg, **model), log=lambda *_: None)
     env["vllm_start_s"] = time.perf_counter() - t0
     hf.eos_ids = vp.eos_ids = set()  # every row generates exactly its budget
     rows = [bench_batch(hf, vp, task_prompts(hf.tokenizer, b), args) for b in args.batch_sizes]
     env["load_avg_1m_end"] = os.getloadavg()[0]
-    print(f"\nSmolLM2-135M-Instruct, {env['threads']} threads, torch {env['torch']}, transformers "
+    env["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"\n{args.model or 'SmolLM2-135M-Instruct'} on {env['device']}, {env['threads']} threads, torch {env['torch']}, transformers "
           f"{env['transformers']}, vllm {env['vllm']} (start-up {env['vllm_start_s']:.0f} s); best of {args.repeats}; "
           f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
     print(markdown_table(rows, ["dtype", "batch", "prompt_len", "new_tokens", "hf_tok_s", "vllm_tok_s",

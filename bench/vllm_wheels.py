@@ -1,29 +1,30 @@
-"""Carry vLLM to the offline GPU machine: the minimal wheel set of vllm 0.25.0, in parts of at most 60 MiB.
+"""Carry vLLM to the offline GPU machine: the minimal wheel set of vllm 0.25.0, in parts of at most 56 MiB.
 
-Why: the lent GPU machine (Python 3.12, torch 2.11.0+cu130 preinstalled) cannot download, and at most
-64 MiB travels per call. vllm 0.25.0 is the release that pins torch 2.11.0 (0.27-0.31 pin 2.13, 0.33 pins
-2.14) and is built for CUDA 13. Its whole dependency closure, torch's own tree left out, is 168 wheels,
-1,484 MiB (24 calls); offline generation with a Llama model needs 72 of them, 356 MiB (6 calls): vllm,
-the structured-output libraries it imports at start-up (xgrammar, llguidance), transformers and the
-small pure-Python rest. Left out: flashinfer (~800 MiB with its CUDA toolchain wheels; vLLM then needs
-`VLLM_USE_FLASHINFER_SAMPLER=0`, which juncture's vllm backend sets where flashinfer is missing, and picks
-FlashAttention on Hopper), multimodal, quantization and server-only packages. This selection was checked by importing vllm and its engine, worker, Llama model
-and FlashAttention modules on a CPU with exactly this set installed, never by generating on a GPU.
+Why: the lent GPU machine (Python 3.12, torch 2.11.0+cu130, transformers 5.17.0, numpy and
+huggingface-hub 1.x preinstalled) cannot download, and at most 64 MiB travels per call, working tree
+included. vllm 0.25.0 is the release that pins torch 2.11.0 (0.27-0.31 pin 2.13, 0.33 pins 2.14) and is
+built for CUDA 13. Its whole dependency closure, torch's own tree left out, is 168 wheels, 1,484 MiB;
+offline generation with a Llama model needs 69 of them, 327 MiB (6 calls): vllm, the structured-output
+libraries it imports at start-up (xgrammar, llguidance) and the small pure-Python rest. Left out: what the machine
+has in versions that work (numpy; transformers 5.17.0, which vLLM accepts from 5.5.3; huggingface-hub,
+which must stay below 2.0 for that transformers), flashinfer (~800 MiB with its CUDA toolchain wheels;
+vLLM then needs `VLLM_USE_FLASHINFER_SAMPLER=0`, which juncture's vllm backend sets where flashinfer is
+missing), multimodal, quantization and server-only packages. Run on an H100 in the eighth session:
+tests/test_policy_vllm.py passed and bench/vllm_rollout.py ran (docs/benchmarks.md, "On a GPU").
 
 Here (run with Python 3.12: dependency markers are evaluated for the running interpreter):
 
     python3.12 bench/vllm_wheels.py --out .whl/vllm      # parts .whl/vllm/part-00 ... and SHA256SUMS
 
-On the GPU machine, one `run` call per part (`carry: [".whl/vllm/part-NN"]`, the machine kept warm
-so earlier parts stay), then:
+On the GPU machine, one `run` call per part (`carry: [".whl/vllm/part-NN"]`, each copied to /tmp/vp at
+once; the machine stays warm only about 30 s between calls), the last with SHA256SUMS, then:
 
-    cat .whl/vllm/part-* | tar -x -C /tmp/vllm-wheels && \
-        pip install --no-index --no-deps --target /tmp/site /tmp/vllm-wheels/*.whl
-    export PYTHONPATH=/tmp/site   # juncture's vllm backend sets VLLM_USE_FLASHINFER_SAMPLER=0 without flashinfer
+    (cd /tmp/vp && sha256sum -c SHA256SUMS) && mkdir -p /tmp/vw && cat /tmp/vp/part-* | tar -x -C /tmp/vw
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/vw/*.whl
+    export PYTHONPATH=/tmp/site:.   # plus math-verify's three wheels for juncture itself
 
-Needs glibc >= 2.31 there (llguidance ships only manylinux_2_31 wheels). Then, in the same warm machine,
-`python -m pytest tests/test_policy_vllm.py` (both `model.vllm.scores` modes) and `bench/vllm_rollout.py`,
-whose `vllm_engine` column is the engine-scored backend.
+Then `python3 -m pytest tests/test_policy_vllm.py` (both `model.vllm.scores` modes) and
+`bench/vllm_rollout.py --model DIR` with a random-weight model from bench/gpu.py's random_model.
 """
 
 from __future__ import annotations
@@ -41,20 +42,21 @@ VLLM = "vllm==0.25.0"
 # manylinux tags from 2_5 to 2_31: pip does not extend a --platform to the older tags it implies
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64",
              *(f"manylinux_2_{minor}_x86_64" for minor in range(5, 32)), "linux_x86_64"]
-# what offline generation with a Llama model imports (and the few it may need: sentencepiece for
-# tokenizer.model-only models, protobuf, blake3 for prefix-cache hashing, setuptools < 81 for vllm on 3.12)
+# what offline generation with a Llama model imports, less what the GPU machine has (and the few it may
+# need: sentencepiece for tokenizer.model-only models, protobuf, blake3 for prefix-cache hashing,
+# setuptools < 81 for vllm on 3.12)
 MINIMAL = [
-    "vllm", "xgrammar", "apache-tvm-ffi", "llguidance", "einops", "numpy", "transformers", "tokenizers",
-    "safetensors", "huggingface-hub", "hf-xet", "httpx2", "httpcore2", "h11", "anyio", "sniffio", "idna", "certifi",
-    "pillow", "aiohttp", "aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "multidict", "propcache", "yarl",
-    "cachetools", "cbor2", "cloudpickle", "py-cpuinfo", "fastapi", "starlette", "annotated-doc", "pydantic",
+    "vllm", "xgrammar", "apache-tvm-ffi", "llguidance", "einops", "tokenizers", "safetensors", "hf-xet",
+    "httpx2", "httpcore2", "h11", "anyio", "sniffio", "idna", "certifi", "pillow", "aiohttp",
+    "aiohappyeyeballs", "aiosignal", "attrs", "frozenlist", "multidict", "propcache", "yarl", "cachetools",
+    "cbor2", "cloudpickle", "py-cpuinfo", "fastapi", "starlette", "annotated-doc", "pydantic",
     "pydantic-core", "annotated-types", "typing-inspection", "msgspec", "openai", "jiter", "openai-harmony",
-    "packaging", "partial-json-parser", "prometheus-client", "psutil", "pybase64", "regex", "requests", "urllib3",
-    "charset-normalizer", "tqdm", "uvloop", "pyyaml", "pyzmq", "setproctitle", "depyf", "astor", "dill", "six",
-    "typer", "click", "rich", "pygments", "markdown-it-py", "mdurl", "shellingham", "truststore", "setuptools",
-    "sentencepiece", "protobuf", "blake3",
+    "packaging", "partial-json-parser", "prometheus-client", "psutil", "pybase64", "regex", "requests",
+    "urllib3", "charset-normalizer", "tqdm", "uvloop", "pyyaml", "pyzmq", "setproctitle", "depyf", "astor",
+    "dill", "six", "typer", "click", "rich", "pygments", "markdown-it-py", "mdurl", "shellingham",
+    "truststore", "setuptools", "sentencepiece", "protobuf", "blake3",
 ]
-PART_BYTES = 60 << 20
+PART_BYTES = 56 << 20  # a part and the working tree (about 6 MiB) within the 64 MiB a call carries
 TARGET = ["--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
           *(a for p in PLATFORMS for a in ("--platform", p))]
 
