@@ -12,6 +12,7 @@ from juncture.config import ModelConfig, VLLMConfig  # noqa: E402
 from juncture.policy.backends import load_policy  # noqa: E402
 from juncture.policy.base import SamplingParams  # noqa: E402
 from juncture.policy.hf import HFPolicy  # noqa: E402
+from juncture.policy.vllm_scores import ScoreRecorder  # noqa: E402
 from juncture.train.batching import pack, score  # noqa: E402
 from juncture.tree import Source, Trajectory  # noqa: E402
 
@@ -157,6 +158,7 @@ def test_engine_scores_match_the_trainers(policy):
                 t = Trajectory.from_prompt(p, f"t{i}", "g", "task")
                 t.append(g.tokens, Source.MODEL, g.logprobs, g.entropies)
                 rows.append(t)
+            assert ScoreRecorder.records == {} and ScoreRecorder.steps == {}  # all taken, nothing kept
             temperature = 1.0 if params.greedy else params.temperature
             with torch.no_grad():
                 logp, ent = score(policy.model, pack(rows, policy.pad_id), temperature, with_entropy=True)
@@ -175,3 +177,16 @@ def test_engine_scores_need_an_engine_built_for_them(policy):
             policy.generate(prompts(policy.tokenizer)[:1], [4], SamplingParams())
     finally:
         policy.scores, policy.recorder = "rescore", True
+
+
+def test_recorder_take_maps_positions_to_their_steps(monkeypatch):
+    """Hand-worked: each (name, position) reads its own step's row; steps no record needs are dropped."""
+    steps = {5: torch.tensor([[1.0, 10.0], [2.0, 20.0]]), 6: torch.tensor([[3.0, 30.0], [4.0, 40.0]]),
+             7: torch.tensor([[9.0, 90.0]])}
+    records = {"a": {0: (5, 1), 1: (6, 0)}, "b": {0: (5, 0)}, "c": {0: (6, 1)}}
+    monkeypatch.setattr(ScoreRecorder, "steps", steps)
+    monkeypatch.setattr(ScoreRecorder, "records", records)
+    assert ScoreRecorder.take([("a", 2), ("b", 1)]) == [([2.0, 3.0], [20.0, 30.0]), ([1.0], [10.0])]
+    assert set(ScoreRecorder.steps) == {6} and set(ScoreRecorder.records) == {"c"}  # c still needs step 6
+    assert ScoreRecorder.take([("c", 1), ("d", 0), ("e", 1)]) == [([4.0], [40.0]), ([], []), None]
+    assert ScoreRecorder.steps == {} and ScoreRecorder.records == {}

@@ -129,7 +129,7 @@ class VLLMPolicy(HFPolicy):
             gens.append(Generation(tokens, finish_reason=reason, stop=stop))
         temperature = 1.0 if params.greedy else params.temperature
         if engine:  # every row's records taken (and forgotten) before any error
-            recorded = [ScoreRecorder.take(name, len(g.tokens)) for name, g in zip(names, gens, strict=True)]
+            recorded = ScoreRecorder.take([(name, len(g.tokens)) for name, g in zip(names, gens, strict=True)])
             for out, g, rec in zip(outs, gens, recorded, strict=True):
                 _engine_scores(g, out.outputs[0].logprobs, rec, temperature)
         else:
