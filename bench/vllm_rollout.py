@@ -103,8 +103,8 @@ def main() -> None:
     rows = [bench_batch(hf, vp, task_prompts(hf.tokenizer, b), args) for b in args.batch_sizes]
     env["load_avg_1m_end"] = os.getloadavg()[0]
     env["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"\n{args.model or 'SmolLM2-135M-Instruct'} on {env['device']}, {env['threads']} threads, torch {env['torch']}, transformers "
-          f"{env['transformers']}, vllm {env['vllm']} (start-up {env['vllm_start_s']:.0f} s); best of {args.repeats}; "
+    print(f"\n{args.model or 'SmolLM2-135M-Instruct'} on {env['device']}, {env['threads']} threads, "
+          f"torch {env['torch']}, transformers {env['transformers']}, vllm {env['vllm']} (start-up {env['vllm_start_s']:.0f} s); best of {args.repeats}; "
           f"load avg {env['load_avg_1m']:.1f} at start, {env['load_avg_1m_end']:.1f} at end\n")
     print(markdown_table(rows, ["dtype", "batch", "prompt_len", "new_tokens", "hf_tok_s", "vllm_tok_s",
                                 "vllm_engine_tok_s", "vllm_raw_tok_s", "generate_tok_s", "vllm_vs_hf", "engine_vs_hf",

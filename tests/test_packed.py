@@ -70,7 +70,9 @@ def test_repacks_after_the_weights_change_in_place():
 
 @pytest.fixture(scope="module")
 def policies(tiny_model_dir):
-    return {dtype: HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype=dtype, device="cpu")) for dtype in ("float32", "bfloat16")}
+    # device="cpu": the reordered copies are a CPU path (the suite also runs on a GPU machine)
+    return {dtype: HFPolicy.load(ModelConfig(path=str(tiny_model_dir), dtype=dtype, device="cpu"))
+            for dtype in ("float32", "bfloat16")}
 
 
 @pytest.mark.parametrize("dtype, params", [
