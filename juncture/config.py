@@ -51,8 +51,9 @@ class ModelConfig(_Section):
         True, description="Llama models: sampling's decode steps run juncture's fused layer (policy/fused_decode.py: "
         "the same function in about a third of the tensor ops; logits equal within float rounding); false: "
         "transformers' forward. Other architectures always use transformers")
-    backend: str = Field("hf", description="generation backend: 'hf' (transformers) or 'vllm' (vLLM samples; "
-                         "log-probs and entropies are recomputed by the HF model)")
+    backend: str = Field("auto", description="generation backend: 'hf' (transformers), 'vllm' (vLLM samples; see "
+                         "model.vllm.scores for its log-probs and entropies) or 'auto' (vllm on a GPU where it is "
+                         "installed, else hf)")
     vllm: VLLMConfig = VLLMConfig()
 
 

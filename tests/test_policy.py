@@ -96,3 +96,21 @@ def test_device_auto_is_the_cpu_here_and_an_absent_gpu_is_a_clear_error():
 def test_model_device_is_validated():
     with pytest.raises(ValidationError, match="device"):
         ModelConfig(device="gpu")
+
+
+@pytest.mark.parametrize("gpu, vllm_installed, device, want", [
+    (True, True, "auto", "vllm"), (True, False, "auto", "hf"), (False, True, "auto", "hf"),
+    (True, True, "cpu", "hf"),  # the policy pinned to the CPU: the HF backend even beside a GPU
+])
+def test_backend_auto_picks_vllm_only_on_a_gpu_where_it_is_installed(monkeypatch, gpu, vllm_installed, device, want):
+    import importlib.util
+
+    from juncture.policy import backends
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if vllm_installed else None) if name == "vllm" else real_find_spec(name, *a))
+    assert backends.resolve_backend(ModelConfig(device=device)) == want
+    assert backends.resolve_backend(ModelConfig(device=device, backend="hf")) == "hf"  # an explicit choice stands
+    assert ModelConfig().backend == "auto"
