@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from juncture.agent import AgentLimits, continue_rollouts, new_trajectories
 from juncture.agent.protocol import STOP_STRINGS, parse_tool_call
 from juncture.config import AgentConfig, SamplingConfig
-from juncture.policy.base import Generation
+from juncture.policy.base import Generation, check_budgets
 from juncture.tasks import Task
 from juncture.tools import ToolResult
 from juncture.tree import Source
@@ -25,6 +26,7 @@ class ScriptedPolicy:
         self.calls = 0
 
     def generate(self, prompts, max_new_tokens, params, generator=None):
+        check_budgets(prompts, max_new_tokens)  # the backends' contract
         out = []
         for budget in max_new_tokens:
             text = self.turns[min(self.calls, len(self.turns) - 1)]
@@ -106,6 +108,22 @@ def test_token_budget_and_turn_limit(tokenizer):
     assert traj.num_model_tokens == 30 and traj.finish_reason == "max_new_tokens"
     traj, _ = run(tokenizer, ["<python>1</python>"] * 5, {"python": CountingTool()}, max_turns=2, max_tool_calls=5)
     assert traj.finish_reason == "max_turns" and len(traj.tool_calls) == 1
+
+
+def test_a_branch_with_no_budget_left_finishes_without_generating(tokenizer):
+    """APPO may fork at the last token of a rollout that used all of agent.max_new_tokens: the branch keeps
+    the fork token and has nothing left to sample (before, the HF backend overran the limit by one token and
+    vLLM refused max_tokens=0)."""
+    agent = AgentConfig(max_turns=4, max_tool_calls=2, max_new_tokens=30, max_turn_tokens=30)
+    parent, _ = run(tokenizer, ["blah " * 100], {}, max_new_tokens=30, max_turn_tokens=30)
+    last = max(i for i, s in enumerate(parent.sources) if s == Source.MODEL)
+    branch, inner = parent.branch(last, "b"), parent.branch(last - 5, "c")
+    policy = ScriptedPolicy(tokenizer, ["blah " * 100])
+    continue_rollouts(policy, [branch, inner], {}, AgentLimits.from_config(agent), SamplingConfig())
+    assert branch.finish_reason == "max_new_tokens" and branch.tokens == parent.tokens
+    assert inner.num_model_tokens == 30 and policy.calls == 1  # only the inner branch sampled
+    with pytest.raises(ValueError, match=r"max_new_tokens must be >= 1 per row; rows \[1\] have \[0\]"):
+        check_budgets([[1], [2]], [3, 0])
 
 
 def test_a_crashing_tool_is_recorded_not_fatal(tokenizer):

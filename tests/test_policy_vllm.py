@@ -90,8 +90,13 @@ def test_stop_strings_end_the_row(policy, scores):
     np.testing.assert_allclose(out.logprobs, first.logprobs[: len(out.tokens)], atol=2e-3)
 
 
-def test_trainer_steps_on_the_vllm_backend(policy, model_dir, tmp_path):
-    """Two GRPO steps through the agent loop: vLLM samples, the update syncs it, the next step samples again."""
+@pytest.mark.parametrize("algorithm, trained_rows", [
+    (["algorithm.branching=none", "algorithm.credit=grpo", "algorithm.n_initial=null"], 8),
+    (["algorithm.branching=appo", "algorithm.credit=appo", "algorithm.n_initial=2"], 4),  # branch rows untrained
+], ids=["grpo", "appo"])
+def test_trainer_steps_on_the_vllm_backend(policy, model_dir, tmp_path, algorithm, trained_rows):
+    """Two steps through the agent loop: vLLM samples (APPO: its branches too, from their parents' prefixes),
+    the update syncs it, the next step samples again. On a GPU `model.backend=auto` picks this backend."""
     from juncture.config import load_config
     from juncture.tasks import build_tasks
     from juncture.train.rl import Trainer
@@ -100,14 +105,14 @@ def test_trainer_steps_on_the_vllm_backend(policy, model_dir, tmp_path):
         f"run_dir={tmp_path}", f"model.path={model_dir}", "model.dtype=float32", "model.backend=vllm",
         "model.vllm.enforce_eager=true", "task.name=toy:even_tokens", "task.train_size=8", "task.eval_size=1",
         "agent.tools=[]", "agent.prompt=plain", "agent.max_new_tokens=12", "agent.max_turn_tokens=12",
-        "algorithm.branching=none", "algorithm.credit=grpo", "algorithm.n_initial=null", "algorithm.group_size=4",
-        "train.prompts_per_step=2", "optim.lr=1e-3", "logging.progress=false",
+        "algorithm.group_size=4", "train.prompts_per_step=2", "optim.lr=1e-3", "logging.progress=false", *algorithm,
     ])
     train_tasks, _ = build_tasks(cfg.task)
     trainer = Trainer(cfg, policy, {}, train_tasks, tmp_path)
     for step in range(2):
         m = trainer.train_step(step)
-        assert m["rollout/new_tokens"] > 0 and m["train/rows"] == 8
+        assert m["rollout/new_tokens"] > 0 and m["train/rows"] == trained_rows
+        assert m.get("rollout/new_tokens_branch", 0) > 0 or trained_rows == 8
         # the rollout log-probs (vLLM's tokens, rescored) are the ones the trainer recomputes
         assert m["train/rollout_logp_abs_diff"] < 1e-4
 

@@ -71,6 +71,9 @@ def continue_rollouts(
     """Run every trajectory to completion (answer, EOS or a limit); returns the same list."""
     params = SamplingParams(sampling.temperature, sampling.top_p, sampling.top_k, STOP_STRINGS, greedy)
     tok = policy.tokenizer
+    for t in trajs:  # a branch forked at its parent's last allowed token has nothing left to generate
+        if not t.finish_reason and t.num_model_tokens >= limits.max_new_tokens:
+            t.finish_reason = "max_new_tokens"
     active = [t for t in trajs if not t.finish_reason]
     with ThreadPoolExecutor(max_workers=8) as pool:
         while active:

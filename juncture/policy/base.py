@@ -44,3 +44,12 @@ class Policy(Protocol):
         generator: torch.Generator | None = None,
     ) -> list[Generation]: ...
 
+
+def check_budgets(prompts: list[list[int]], max_new_tokens: list[int]) -> None:
+    """Every row needs a budget of at least one token (backends would otherwise overrun it or refuse it)."""
+    if len(max_new_tokens) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(max_new_tokens)} max_new_tokens")
+    bad = [i for i, n in enumerate(max_new_tokens) if n < 1]
+    if bad:
+        have = [max_new_tokens[i] for i in bad[:5]]
+        raise ValueError(f"max_new_tokens must be >= 1 per row; rows {bad[:5]} have {have}")

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from juncture.config import ModelConfig
 from juncture.policy import fused_decode, packed, prefix_cache
-from juncture.policy.base import Generation, SamplingParams
+from juncture.policy.base import Generation, SamplingParams, check_budgets
 from juncture.policy.kv_cache import GrowableCache
 from juncture.policy.loading import resolve_model
 from juncture.policy.sampling import new_scratch, sample_step
@@ -101,6 +101,7 @@ class HFPolicy:
         generator: torch.Generator | None = None,
     ) -> list[Generation]:
         """Sample a continuation for every prompt; row i stops at EOS, a stop string, or max_new_tokens[i]."""
+        check_budgets(prompts, max_new_tokens)
         if not prompts:
             return []
         was_training = self.gen_model.training

@@ -25,7 +25,7 @@ import os
 import torch
 
 from juncture.config import ModelConfig
-from juncture.policy.base import Generation, SamplingParams
+from juncture.policy.base import Generation, SamplingParams, check_budgets
 from juncture.policy.hf import HFPolicy
 from juncture.policy.loading import resolve_model
 from juncture.train.tree_packing import score_tree, tree_pack
@@ -98,6 +98,7 @@ class VLLMPolicy(HFPolicy):
 
         from juncture.policy.vllm_scores import KEY, ScoreRecorder
 
+        check_budgets(prompts, max_new_tokens)
         if not prompts:
             return []
         seeds = torch.randint(2**31 - 1, (len(prompts),), generator=generator).tolist()
