@@ -176,6 +176,22 @@ def test_ablation_strategies_by_hand():
     assert r1 == r2 and len(set(r1)) == 3
 
 
+def test_no_fork_where_a_kept_fork_token_leaves_no_budget():
+    """With agent.max_new_tokens = 4, A7 and B6 (each rollout's 4th model token) cannot be continued from when the
+    branch keeps its fork token: omega_only's third pick A7 gives way to the fill's best, B5 (Z(Ω) 0)."""
+    a, b = tree()
+    omega = BRANCHING.get("omega")
+    ctx = ctx_for()
+    ctx.max_new_tokens = 4
+    assert points(omega([a, b], 3, ctx)) == [("B", 4, "strict"), ("A", 2, "strict"), ("B", 5, "fill")]
+    ctx = ctx_for(**{"branch.include_token": False})  # the branch resamples A7 itself: budget left
+    ctx.max_new_tokens = 4
+    assert points(omega([a, b], 3, ctx))[2] == ("A", 7, "strict")
+    ctx = ctx_for()
+    ctx.max_new_tokens = 5  # one token of room after A7
+    assert points(omega([a, b], 3, ctx))[2] == ("A", 7, "strict")
+
+
 def test_include_token_false_resamples_the_selected_token():
     a, _ = tree()
     after_result = make_branch(ForkPoint(a, 6), "x", include_token=False)

@@ -55,6 +55,8 @@ class BranchContext:
     metrics: dict[str, float] = field(default_factory=dict)  # strategies add their per-step statistics here
     # per trajectory id, full-length per-token signals the strategy ranked by (NaN off scored tokens), for the tree log
     token_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    # agent.max_new_tokens: a branch that keeps its fork token needs model-token budget left after it
+    max_new_tokens: int | None = None
     _pieces: dict[int, str] = field(default_factory=dict, repr=False)
 
     def piece(self, token: int) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from juncture.branching.base import BranchContext, ForkPoint
 from juncture.branching.scores import RolloutScores, rollout_scores
 from juncture.config import SelectionConfig
-from juncture.tree import Trajectory, group_by
+from juncture.tree import Source, Trajectory, group_by
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def pooled_selection(trajs: list[Trajectory], budget: int, ctx: BranchContext, r
     forks, n_strict, groups = [], 0, group_by(trajs)
     for group in groups.values():
         cands = [rank(by_id[t.traj_id], ctx) for t in group]
+        if ctx.max_new_tokens is not None and ctx.cfg.branch.include_token:
+            cands = [_with_budget_left(c, ctx.max_new_tokens) for c in cands]
         n_strict += sum(int(c.strict.sum()) for c in cands)
         forks += select(cands, budget, ctx.cfg.selection)
     ctx.metrics.update(_score_metrics(scores, with_omega))
@@ -92,6 +94,13 @@ def pooled_selection(trajs: list[Trajectory], budget: int, ctx: BranchContext, r
     ctx.metrics["fork/omega_degenerate"] = degenerate
     ctx.metrics["fork/strict_candidates_per_prompt"] = n_strict / max(len(groups), 1)
     return forks
+
+
+def _with_budget_left(c: Candidates, max_new_tokens: int) -> Candidates:
+    """Drop positions a branch keeping its fork token could not continue from (the parent's last allowed token)."""
+    used = np.cumsum(np.asarray(c.traj.sources) == Source.MODEL)  # model tokens in tokens[: i + 1]
+    keep = used[c.positions] < max_new_tokens
+    return Candidates(c.traj, c.positions[keep], c.score[keep], c.strict[keep])
 
 
 def _full(s: RolloutScores, values: np.ndarray) -> np.ndarray:

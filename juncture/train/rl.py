@@ -181,7 +181,7 @@ class Trainer:
         continue_rollouts(self.policy, initial, self.tools, self.limits, cfg.sampling, gen)
         t1 = time.perf_counter()
         ctx = BranchContext(alg, np.random.default_rng(step_seed(cfg.train.seed, step, 3)), self.policy.tokenizer,
-                            self._omega_log_ratio)
+                            self._omega_log_ratio, max_new_tokens=cfg.agent.max_new_tokens)
         forks = self.branching(initial, alg.branch_budget, ctx) if alg.branch_budget else []
         branches = [make_branch(fp, f"{fp.parent.traj_id}-b{i}", alg.branch.include_token) for i, fp in enumerate(forks)]
         for fp, b in zip(forks, branches, strict=True):
