@@ -70,7 +70,7 @@ def branches(model_dir: Path, arch: str, args) -> list[dict]:
     from juncture.policy.hf import HFPolicy
 
     policy = HFPolicy.load(ModelConfig(path=str(model_dir), dtype="bfloat16"), log=lambda *_: None)
-    ns = argparse.Namespace(batch=8, prefix_len=args.prefix_len, new_tokens=args.new_tokens, fresh_prompt_len=64,
+    ns = argparse.Namespace(prefix_len=args.prefix_len, new_tokens=args.new_tokens, fresh_prompt_len=64,
                             skip_fresh=False, skip_next_turn=False, repeats=args.repeats)
     return [{"model": arch, **{k: v for k, v in r.items() if k != "times"}}
             for r in branch_cost.bench(policy, "bfloat16", 8, ns)]

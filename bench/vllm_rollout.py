@@ -71,9 +71,9 @@ def bench_batch(hf, vp, prompts: list[list[int]], args) -> dict:
     if "vllm_engine_tok_s" in row:
         row["engine_vs_hf"] = row["vllm_engine_tok_s"] / row["hf_tok_s"]
         row["engine_vs_generate"] = row["vllm_engine_tok_s"] / row["generate_tok_s"]
-    print(f"  batch {len(prompts)}: hf {row['hf_tok_s']:.1f} tok/s, vllm {row['vllm_tok_s']:.1f}, "
-          f"engine scores {row.get('vllm_engine_tok_s', 0):.1f}, raw {row['vllm_raw_tok_s']:.1f}, "
-          f"model.generate {row['generate_tok_s']:.1f}", flush=True)
+    engine = f"engine scores {row['vllm_engine_tok_s']:.1f}, " if "vllm_engine_tok_s" in row else ""
+    print(f"  batch {len(prompts)}: hf {row['hf_tok_s']:.1f} tok/s, vllm {row['vllm_tok_s']:.1f}, {engine}"
+          f"raw {row['vllm_raw_tok_s']:.1f}, model.generate {row['generate_tok_s']:.1f}", flush=True)
     return row
 
 
