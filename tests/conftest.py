@@ -34,6 +34,17 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="module")
+def prefix_apart():
+    """Keep a shared prefix apart however few bytes its copies would take: the tiny model's KV is too small for
+    the real threshold, and tests of the shared-prefix path need it taken (module scope: hypothesis tests use it)."""
+    from juncture.policy import prefix_cache
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prefix_cache, "PREFIX_APART_MIN_BYTES", 0)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from transformers import AutoTokenizer

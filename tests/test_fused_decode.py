@@ -19,6 +19,8 @@ from juncture.policy.fused_decode import FusedDecoder
 from juncture.policy.hf import HFPolicy
 from juncture.policy.kv_cache import GrowableCache
 
+pytestmark = pytest.mark.usefixtures("prefix_apart")  # these test the shared prefix kept apart
+
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):

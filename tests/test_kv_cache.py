@@ -21,6 +21,8 @@ from juncture.policy.base import SamplingParams
 from juncture.policy.hf import HFPolicy
 from juncture.policy.kv_cache import GrowableCache
 
+pytestmark = pytest.mark.usefixtures("prefix_apart")  # these test the shared prefix kept apart
+
 
 def kv(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

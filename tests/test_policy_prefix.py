@@ -19,6 +19,8 @@ from juncture.policy.hf import HFPolicy
 from juncture.train.batching import pack, score
 from juncture.tree import Source, Trajectory
 
+pytestmark = pytest.mark.usefixtures("prefix_apart")  # these test the shared prefix kept apart
+
 
 @pytest.fixture(scope="module")
 def policy(tiny_model_dir):
@@ -69,6 +71,22 @@ def test_rows_sharing_a_prompt(policy):
     shared = policy._prefill(prompts)[3]
     assert shared is not None and shared.keys[0].shape[:3] == (1, 2, 200)  # decoding reads the header once
     assert_same_as_plain(policy, prompts, [16, 9, 16, 4, 16, 12])
+
+
+def test_a_few_rows_copy_the_prefix_into_each_row(policy, monkeypatch):
+    """The prefix is kept apart only when its copies beyond the first row's would take more than
+    PREFIX_APART_MIN_BYTES; below that every row holds it, and decoding reads whole rows."""
+    assert prefix_cache.kv_bytes_per_token(policy.gen_model) == 2 * 2 * 2 * 16 * 4  # K+V, 2 layers, 2 heads x 16, fp32
+    header = rand_tokens(100, 2)
+    prompts = [header + rand_tokens(k, 40 + k) for k in (3, 8, 5)]
+    copies = 2 * 100 * 512  # two rows beyond the first, 100 tokens each
+    monkeypatch.setattr(prefix_cache, "PREFIX_APART_MIN_BYTES", copies)
+    cache, mask, _, prefix = policy._prefill(prompts)
+    assert prefix is None and mask.shape == (3, 108) and cache.get_seq_length() == 108
+    assert_same_as_plain(policy, prompts)
+    monkeypatch.setattr(prefix_cache, "PREFIX_APART_MIN_BYTES", copies - 1)
+    cache, mask, _, prefix = policy._prefill(prompts)
+    assert prefix.keys[0].shape[2] == 100 and mask.shape == (3, 8)
 
 
 def test_rows_of_different_lengths_sharing_a_long_prefix(policy):
@@ -193,6 +211,18 @@ def test_tree_shares_every_common_span():
     assert spans == [(3, 4, [0, 2]), (3, 5, [1])]
 
 
+def test_nodes_worth_less_than_a_forward_fold_into_their_children():
+    a, b, c = [1, 2, 3, 5, 10, 11], [1, 2, 3, 5, 12], [1, 2, 3, 6, 6, 6, 6]
+    # rows a and b share one token past the header: encoding it once saves (2 - 1) x 1 token
+    kept = prefix_cache.fold_small_nodes(prefix_cache.build_tree([a, b, c]), overhead=1)
+    assert [(n.start, n.end) for n in kept.children] == [(3, 4), (3, 7)]
+    folded = prefix_cache.fold_small_nodes(prefix_cache.build_tree([a, b, c]), overhead=2)
+    assert [(n.start, n.end, n.rows) for n in folded.children] == [(3, 6, [0]), (3, 5, [1]), (3, 7, [2])]
+    # a prompt ending at the node needs its logits from the node's own forward: never folded
+    ends = prefix_cache.fold_small_nodes(prefix_cache.build_tree([a, b, c, a[:4]]), overhead=100)
+    assert [(n.start, n.end, n.ends_here) for n in ends.children] == [(3, 4, [3]), (3, 7, [2])]
+
+
 def fresh_store(policy) -> prefix_cache.KVStore:
     policy.kv_store = prefix_cache.KVStore(1 << 30)
     return policy.kv_store
@@ -289,7 +319,8 @@ def test_shared_prefill_logprobs_match_training_forward(policy):
 @given(st.data())
 def test_any_tree_and_store_state_prefills_like_the_padded_batch(policy, data):
     """Random prompts (shared headers, duplicates, forks of a stored parent, extensions of it, unrelated
-    rows) after an earlier call filled the store: the tree path, forced, samples what the padded prefill does."""
+    rows) after an earlier call filled the store: the tree path, forced (small nodes folded or not), samples what
+    the padded prefill does."""
     fresh_store(policy)
     draw = data.draw
     header = rand_tokens(draw(st.integers(0, 30)), draw(st.integers(0, 99)))
@@ -309,9 +340,10 @@ def test_any_tree_and_store_state_prefills_like_the_padded_batch(policy, data):
         else:
             prompts.append(rand_tokens(draw(st.integers(1, 20)), draw(st.integers(300, 399))))
     budgets = [4] * len(prompts)
+    overhead = draw(st.sampled_from([0, 8, 40]))  # 0: no node folded into its children
     with pytest.MonkeyPatch.context() as mp:  # the tree whatever the cost model says
-        mp.setattr(prefix_cache, "plan", lambda p, _, store=None: prefix_cache.mark_stored(
-            prefix_cache.build_tree(p), p, store))
+        mp.setattr(prefix_cache, "plan", lambda p, _, store=None: prefix_cache.fold_small_nodes(
+            prefix_cache.mark_stored(prefix_cache.build_tree(p), p, store), overhead))
         shared = policy.generate(prompts, budgets, SamplingParams(greedy=True))
     plain = generate(policy, prompts, budgets, SamplingParams(greedy=True), 0, reuse=False)
     for a, b in zip(shared, plain, strict=True):

@@ -38,7 +38,11 @@ from juncture.policy.packed import weights_version
 # one padded batch forward is nearly free next to many sequential batch-1 ones.
 FORWARD_OVERHEAD_TOKENS = {"cpu": 32}
 ACCELERATOR_OVERHEAD_TOKENS = 4096
-MIN_SHARED_PREFIX = 16  # below this, keeping the common prefix apart saves less than it costs
+# Keeping the common prefix apart adds a fixed cost to every decode step on a CPU (the prefix path's extra small
+# products, a few ms for SmolLM2); copying it into every row instead makes each step read it once per row. Apart
+# pays once the copies beyond the first would hold more than this (SmolLM2, bf16 and fp32: the crossover lies
+# between 24 and 35 MB; docs/benchmarks.md, "Shared prefix apart or in every row").
+PREFIX_APART_MIN_BYTES = 28 << 20
 # rows x padded width of one batched leaf forward: bounds the KV it copies (SmolLM2: 46 KB per token in fp32)
 LEAF_BATCH_TOKENS = 1 << 15
 ATTENTION = "juncture_shared_prefix"
@@ -213,10 +217,33 @@ def mark_stored(root: Node, prompts: list[list[int]], store: KVStore | None) -> 
     return root
 
 
+def fold_small_nodes(root: Node, overhead: int) -> Node:
+    """Fold into its children every inner node whose own forward costs more than the tokens it saves them.
+
+    Prompts that share a few tokens past the common header (a question's first word) would otherwise
+    cost one batch-1 forward each before their leaves.
+    """
+    def fold(node: Node) -> None:
+        children = []
+        for child in node.children:
+            fold(child)
+            walked = child.children and not child.ends_here and needs_forward(child) and not deferred(child, root)
+            if walked and (len(child.rows) - 1) * (child.end - encode_from(child)) < overhead:
+                for grandchild in child.children:
+                    grandchild.start = child.start
+                children.extend(child.children)
+            else:
+                children.append(child)
+        node.children = children
+
+    fold(root)
+    return root
+
+
 def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
     """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
     overhead = forward_overhead(device)
-    root = mark_stored(build_tree(prompts), prompts, store)
+    root = fold_small_nodes(mark_stored(build_tree(prompts), prompts, store), overhead)
     walk = [n for n in nodes(root) if needs_forward(n) and not deferred(n, root)]
     leaves = [n for n in nodes(root) if deferred(n, root)]
     tree_cost = sum(n.end - encode_from(n) + overhead for n in walk) + leaf_batches(
@@ -249,9 +276,10 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     # extra matmuls of shared_prefix_attention made decode steps slower (docs/benchmarks.md, H100), so
     # only the CPU keeps the prefix apart.
     shared = device.type == "cpu" and model.config._attn_implementation == "sdpa"
-    # One row shares nothing: its prefix kept apart would only add the prefix path's products to every
-    # decode step (bf16, 512 tokens: 20 vs 16 ms per step, docs/benchmarks.md).
-    split = root.end if n > 1 and root.end >= MIN_SHARED_PREFIX and shared else 0
+    # One row shares nothing (bf16, 512 tokens: 20 vs 16 ms per step apart, docs/benchmarks.md); a few rows
+    # share too little to pay for the prefix path (PREFIX_APART_MIN_BYTES).
+    copies = (n - 1) * root.end * kv_bytes_per_token(model)
+    split = root.end if shared and copies > PREFIX_APART_MIN_BYTES else 0
     walk = DynamicCache()
     batch_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
     logits: list[torch.Tensor | None] = [None] * n
@@ -312,6 +340,14 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
     for layer, (k, v) in enumerate(batch_kv):
         cache.update(k, v, layer)
     return cache, mask, torch.stack(logits), prefix if split else None
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token adds to the cache of a decoder-only transformers model, all layers."""
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).dtype.itemsize
 
 
 def encode_leaves(model, prompts: list[list[int]], leaves: list[Deferred]):
