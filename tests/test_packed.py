@@ -155,6 +155,25 @@ def test_policy_train_forward_uses_them_in_fp32_only(tiny_model_dir):
         assert "forward" not in vars(linear) and torch.is_autocast_enabled("cpu")
 
 
+def test_copies_made_while_sampling_serve_the_fp32_update(tiny_model_dir):
+    """generate runs under inference_mode, so the reordered copies it makes are inference tensors; the next fp32
+    update reuses them (the weights have not changed) and must get the gradients of plain F.linear."""
+    pol = HFPolicy.load(ModelConfig(path=str(tiny_model_dir), device="cpu"))
+    pol.generate([[5, 6, 7]], [3], SamplingParams(greedy=True))
+    assert all(w.is_inference() for w in pol._packed.weights.values())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    grads = {}
+    for use in (True, False):
+        pol.pack_weights = use
+        pol.model.zero_grad()
+        with pol.train_forward():
+            pol.model(input_ids=ids).logits.logsumexp(-1).sum().backward()
+        grads[use] = {n: p.grad.clone() for n, p in pol.model.named_parameters() if p.grad is not None}
+    assert len(grads[True]) > 10
+    for name, want in grads[False].items():
+        torch.testing.assert_close(grads[True][name], want, rtol=1e-4, atol=1e-6)
+
+
 def test_trainer_gradients_match_plain_linear(tiny_model_dir, tmp_path):
     """A whole APPO mini-batch (tree-packed, branch rows trained, clip active): the same gradients either way."""
     from test_tree_packing import agent_tree, make_trainer

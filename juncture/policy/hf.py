@@ -92,7 +92,10 @@ class HFPolicy:
             text = self._piece_cache[token] = self.tokenizer.decode([token])
         return text
 
-    @torch.no_grad()
+    # inference_mode, not just no_grad: a decode step is hundreds of small ops, and each then skips autograd's
+    # dispatch bookkeeping (5-10 % of a bf16 rollout at 1-8 rows, docs/benchmarks.md). The tensors it makes and
+    # keeps (KV store entries, reordered weights) are never written in place or saved for backward, as that forbids.
+    @torch.inference_mode()
     def generate(
         self,
         prompts: list[list[int]],
