@@ -6,17 +6,19 @@ finds these shared spans; a depth-first walk encodes each span once at batch 1, 
 KV cache and cropping it back when it returns to a fork, and copies each prompt's KV into a
 left-padded batch cache: the layout the plain padded prefill produces.
 
-The prefix common to all prompts is kept once (`SharedPrefix`) rather than copied into every
-row: each decode step would otherwise read it once per row (and copy it, with a cache that
-concatenates), which at a few hundred tokens costs as much as the weights. `shared_prefix_attention`
-attends to it once for all rows and to each row's own KV, in one softmax.
+On a CPU, the prefix common to all prompts is kept once (`SharedPrefix`) rather than copied into
+every row when the copies would be large (`PREFIX_APART_MIN_BYTES`): each decode step would
+otherwise read it once per row, which at many rows and a few hundred tokens costs as much as the
+weights. `shared_prefix_attention` attends to it once for all rows and to each row's own KV, in one
+softmax; at a few rows its fixed cost is the larger, and the rows hold the prefix.
 
 Across calls, `KVStore` keeps each finished row's KV: the agent loop calls generate once per
 turn with every row's whole history, and branches start from their parent's tokens, so the
 next call's prompts mostly extend sequences whose KV the last call already computed.
 
 The walk runs one forward per tree node, so it only pays where the tokens it saves outweigh
-the per-forward overhead; `plan` decides with a simple token-count cost model.
+the per-forward overhead; `plan` decides with a simple token-count cost model, after folding
+nodes not worth their own forward into their children (`fold_small_nodes`).
 """
 
 from __future__ import annotations
