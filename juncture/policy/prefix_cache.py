@@ -345,8 +345,8 @@ def tree_prefill(model, prompts: list[list[int]], root: Node, store: KVStore | N
 
 
 def kv_bytes_per_token(model) -> int:
-    """Bytes of keys and values one token adds to the cache of a decoder-only transformers model, all layers."""
-    config = model.config
+    """Bytes of keys and values one token adds to the cache of a transformers model's decoder, all layers."""
+    config = model.config.get_text_config()  # the model's own config, or its language model's in a multimodal one
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     return 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).dtype.itemsize
