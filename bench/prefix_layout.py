@@ -19,7 +19,8 @@ each small shared node costs its own batch-1 forward.
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
+from contextlib import nullcontext
+from unittest.mock import patch
 
 import torch
 from common import markdown_table, parse_and_setup, timed, write_json
@@ -31,20 +32,10 @@ from juncture.policy.base import SamplingParams
 from juncture.policy.hf import HFPolicy
 
 
-@contextmanager
-def patched(name: str, value):
-    old = getattr(prefix_cache, name)
-    setattr(prefix_cache, name, value)
-    try:
-        yield
-    finally:
-        setattr(prefix_cache, name, old)
-
-
 def generate(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, apart: bool) -> int:
     """Sampled tokens (every row runs the full budget) with the prefix apart or in every row."""
     policy.kv_store.clear()  # it would skip the prefill of prompts seen in the last repeat
-    with patched("PREFIX_APART_MIN_BYTES", -1 if apart else float("inf")):
+    with patch.object(prefix_cache, "PREFIX_APART_MIN_BYTES", -1 if apart else float("inf")):
         outs = policy.generate(prompts, [new_tokens] * len(prompts), SamplingParams(temperature=1.0),
                                torch.Generator().manual_seed(0))
     return sum(len(o.tokens) for o in outs)
@@ -73,8 +64,8 @@ def layouts(policy: HFPolicy, dtype: str, args) -> list[dict]:
 
 
 def prefill(policy: HFPolicy, prompts: list[list[int]], fold: bool) -> torch.Tensor:
-    with torch.no_grad(), policy.sampling_weights(), patched(
-            "fold_small_nodes", prefix_cache.fold_small_nodes if fold else (lambda root, overhead: root)):
+    unfolded = patch.object(prefix_cache, "fold_small_nodes", lambda root, overhead: root)
+    with torch.no_grad(), policy.sampling_weights(), (nullcontext() if fold else unfolded):
         return policy._prefill(prompts)[2]
 
 

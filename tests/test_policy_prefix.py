@@ -342,8 +342,7 @@ def test_any_tree_and_store_state_prefills_like_the_padded_batch(policy, data):
     budgets = [4] * len(prompts)
     overhead = draw(st.sampled_from([0, 8, 40]))  # 0: no node folded into its children
     with pytest.MonkeyPatch.context() as mp:  # the tree whatever the cost model says
-        mp.setattr(prefix_cache, "plan", lambda p, _, store=None: prefix_cache.fold_small_nodes(
-            prefix_cache.mark_stored(prefix_cache.build_tree(p), p, store), overhead))
+        mp.setattr(prefix_cache, "plan", lambda p, _, store=None: prefix_cache.marked_tree(p, overhead, store))
         shared = policy.generate(prompts, budgets, SamplingParams(greedy=True))
     plain = generate(policy, prompts, budgets, SamplingParams(greedy=True), 0, reuse=False)
     for a, b in zip(shared, plain, strict=True):

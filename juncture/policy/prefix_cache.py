@@ -181,6 +181,11 @@ def deferred(node: Node, root: Node) -> bool:
     return node is not root and needs_forward(node) and (not node.children or node.stored >= node.end)
 
 
+def walked(node: Node, root: Node) -> bool:
+    """Whether `node` runs its own batch-1 forward during the walk (one other nodes may wait on)."""
+    return needs_forward(node) and not deferred(node, root)
+
+
 def leaf_batches(lengths: list[int], overhead: int, known: list[int] | None = None) -> tuple[int, list[list[int]]]:
     """The cheapest split of leaf forwards into padded batches: (cost in tokens, batches of indices).
 
@@ -229,8 +234,8 @@ def fold_small_nodes(root: Node, overhead: int) -> Node:
         children = []
         for child in node.children:
             fold(child)
-            walked = child.children and not child.ends_here and needs_forward(child) and not deferred(child, root)
-            if walked and (len(child.rows) - 1) * (child.end - encode_from(child)) < overhead:
+            inner = child.children and not child.ends_here and walked(child, root)
+            if inner and (len(child.rows) - 1) * (child.end - encode_from(child)) < overhead:
                 for grandchild in child.children:
                     grandchild.start = child.start
                 children.extend(child.children)
@@ -242,11 +247,16 @@ def fold_small_nodes(root: Node, overhead: int) -> Node:
     return root
 
 
+def marked_tree(prompts: list[list[int]], overhead: int, store: KVStore | None = None) -> Node:
+    """The prefix tree to encode: marked with what `store` holds, nodes not worth their own forward folded."""
+    return fold_small_nodes(mark_stored(build_tree(prompts), prompts, store), overhead)
+
+
 def plan(prompts: list[list[int]], device: torch.device, store: KVStore | None = None) -> Node | None:
-    """The tree (marked with what `store` holds) if encoding it costs less than one padded batch forward."""
+    """The tree (see `marked_tree`) if encoding it costs less than one padded batch forward."""
     overhead = forward_overhead(device)
-    root = fold_small_nodes(mark_stored(build_tree(prompts), prompts, store), overhead)
-    walk = [n for n in nodes(root) if needs_forward(n) and not deferred(n, root)]
+    root = marked_tree(prompts, overhead, store)
+    walk = [n for n in nodes(root) if walked(n, root)]
     leaves = [n for n in nodes(root) if deferred(n, root)]
     tree_cost = sum(n.end - encode_from(n) + overhead for n in walk) + leaf_batches(
         [n.end - encode_from(n) for n in leaves], overhead, [encode_from(n) for n in leaves])[0]
