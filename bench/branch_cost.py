@@ -17,12 +17,20 @@ of `--repeats` interleaved runs after an untimed warm-up repetition of every cas
 "prefill_s" times the same call with a 1-token budget.
 
     .venv/bin/python bench/branch_cost.py [--batch 8 ...] [--prefix-len 512] [--new-tokens 128]
-        [--fresh-prompt-len 64] [--skip-fresh] [--skip-next-turn] [--dtypes float32 bfloat16] [--repeats 3]
-        [--json runs/bench/branch_cost.json]
+        [--fresh-prompt-len 64] [--skip-fresh] [--skip-next-turn] [--bounds] [--dtypes float32 bfloat16]
+        [--repeats 3] [--json runs/bench/branch_cost.json]
 
 Several `--batch` sizes give the speed-up as a function of B: (a)/(b+) is about
-1 + prefill / decode, and a decode step is bound by reading the weights, which B rows share,
-while the re-encoded prefill grows with B.
+1 + prefill / (steps x decode step), and a decode step is bound by reading the weights, which B
+rows share, while the re-encoded prefill grows with B.
+
+`--bounds` also gives the most (a)/(b+) could be on this machine. Decoding B rows cannot take
+less than multiplying B token vectors by every weight matrix. This times exactly those products
+(the fused decoder's own weights and kernels; no attention, no other op) and a plain read of
+every weight, and puts each in place of the decode step:
+
+  bound_products = 1 + prefill / (steps x products)   (this machine's matrix-product kernels)
+  bound_read     = 1 + prefill / (steps x read)       (a kernel that streams the weights at memory speed)
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import time
 from collections import OrderedDict
 
 import torch
-from common import markdown_table, parse_and_setup, write_json
+from common import markdown_table, parse_and_setup, timed, write_json
 
 from juncture.agent.loop import encode_prompt
 from juncture.agent.protocol import result_text
@@ -63,6 +71,46 @@ def run(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, reuse: bool
     t0 = time.perf_counter()
     outs = policy.generate(prompts, [new_tokens] * len(prompts), PARAMS, torch.Generator().manual_seed(seed))
     return time.perf_counter() - t0, outs
+
+
+def step_products(policy: HFPolicy, rows: int):
+    """One decode step's matrix products for `rows` rows, with the weights and kernels the fused decoder uses."""
+    decoder, config, dtype = policy.fused_decoder, policy.gen_model.config, policy.gen_model.dtype
+    shapes = [(layer.qkv, layer.qkv_bias, config.hidden_size) for layer in decoder.layers]
+    shapes += [(layer.o, layer.o_bias, decoder.heads * decoder.head_dim) for layer in decoder.layers]
+    shapes += [(layer.gate_up, None, config.hidden_size) for layer in decoder.layers]
+    shapes += [(layer.down, None, config.intermediate_size) for layer in decoder.layers]
+    shapes.append((decoder.lm_head, decoder.lm_head_bias, config.hidden_size))
+    products = [(w, bias, torch.randn(rows, width, dtype=dtype)) for w, bias, width in shapes]
+
+    def step():
+        for w, bias, x in products:
+            decoder._linear(w, bias, x)
+    return step
+
+
+def weight_read(policy: HFPolicy):
+    """A function reading every weight of the sampling model once (tied ones once), and the bytes it reads."""
+    params = list({p.data_ptr(): p.detach() for p in policy.gen_model.parameters()}.values())
+    return (lambda: [p.sum() for p in params]), sum(p.numel() * p.element_size() for p in params)
+
+
+def bounds(policy: HFPolicy, dtype: str, b: int, rows: list[dict], args) -> dict:
+    """(a)/(b+) as measured, and with a decode step of nothing but its weight products or a read of the weights."""
+    case = {r["case"][:4]: r for r in rows}
+    a, b_plus = case["(a) "], case["(b+)"]
+    read, nbytes = weight_read(policy)
+    with torch.inference_mode():
+        best = timed({"products": step_products(policy, b), "read": read}, repeats=20)
+    products_s, read_s = best["products"][0], best["read"][0]
+    steps = args.new_tokens - 1
+    return {
+        "dtype": dtype, "batch": b, "a_prefill_s": a["prefill_s"], "a_total_s": a["total_s"],
+        "b_plus_total_s": b_plus["total_s"], "measured": b_plus["vs_a"],
+        "decode_ms_per_step": b_plus["decode_ms_per_step"], "products_ms": 1e3 * products_s, "read_ms": 1e3 * read_s,
+        "read_GB_s": nbytes / read_s / 1e9, "bound_products": 1 + a["prefill_s"] / (steps * products_s),
+        "bound_read": 1 + a["prefill_s"] / (steps * read_s),
+    }
 
 
 def bench(policy: HFPolicy, dtype: str, b: int, args) -> list[dict]:
@@ -130,16 +178,22 @@ def main() -> None:
     ap.add_argument("--fresh-prompt-len", type=int, default=64, help="prompt length of the fresh rollout (c)")
     ap.add_argument("--skip-fresh", action="store_true", help="skip the fresh rollout (c), the slowest case")
     ap.add_argument("--skip-next-turn", action="store_true", help="skip the next-turn cases (d) and (e)")
+    ap.add_argument("--bounds", action="store_true", help="also the most (a)/(b+) could be here (see above)")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median) after one warm-up")
     args, env = parse_and_setup(ap)
     env["uptime_start"] = os.popen("uptime").read().strip()
 
-    rows = []
+    rows, limits = [], []
     for dtype in args.dtypes:
         policy = HFPolicy.load(ModelConfig(path="default", dtype=dtype), log=lambda *_: None)
+        if args.bounds and policy.fused_decoder is None:
+            raise SystemExit("--bounds times the fused decoder's products; this model decodes through transformers")
         for b in args.batch:
-            rows += bench(policy, dtype, b, args)
+            cases = bench(policy, dtype, b, args)
+            rows += cases
+            if args.bounds:
+                limits.append(bounds(policy, dtype, b, cases, args))
         del policy
 
     env["uptime_end"] = os.popen("uptime").read().strip()
@@ -148,7 +202,11 @@ def main() -> None:
           f"load: start `{env['uptime_start']}`; end `{env['uptime_end']}`\n")
     print(markdown_table(rows, ["dtype", "case", "batch", "prompt_len", "new_tokens_per_row", "prefill_s", "total_s",
                                 "s_per_row", "decode_ms_per_step", "vs_a"]))
-    write_json(args.json, {"env": env, "args": vars(args), "rows": rows})
+    if limits:
+        print("\n" + markdown_table(limits, ["dtype", "batch", "a_prefill_s", "a_total_s", "b_plus_total_s", "measured",
+                                             "decode_ms_per_step", "products_ms", "read_ms", "read_GB_s",
+                                             "bound_products", "bound_read"]))
+    write_json(args.json, {"env": env, "args": vars(args), "rows": rows, "bounds": limits})
 
 
 if __name__ == "__main__":
