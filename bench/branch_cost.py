@@ -76,11 +76,11 @@ def run(policy: HFPolicy, prompts: list[list[int]], new_tokens: int, reuse: bool
 def step_products(policy: HFPolicy, rows: int):
     """One decode step's matrix products for `rows` rows, with the weights and kernels the fused decoder uses."""
     decoder, config, dtype = policy.fused_decoder, policy.gen_model.config, policy.gen_model.dtype
-    shapes = [(layer.qkv, layer.qkv_bias, config.hidden_size) for layer in decoder.layers]
-    shapes += [(layer.o, layer.o_bias, decoder.heads * decoder.head_dim) for layer in decoder.layers]
-    shapes += [(layer.gate_up, None, config.hidden_size) for layer in decoder.layers]
-    shapes += [(layer.down, None, config.intermediate_size) for layer in decoder.layers]
-    shapes.append((decoder.lm_head, decoder.lm_head_bias, config.hidden_size))
+    hidden, attended = config.hidden_size, decoder.heads * decoder.head_dim
+    shapes = [(decoder.lm_head, decoder.lm_head_bias, hidden)]  # (weight, bias, input width)
+    for layer in decoder.layers:
+        shapes += [(layer.qkv, layer.qkv_bias, hidden), (layer.o, layer.o_bias, attended),
+                   (layer.gate_up, None, hidden), (layer.down, None, config.intermediate_size)]
     products = [(w, bias, torch.randn(rows, width, dtype=dtype)) for w, bias, width in shapes]
 
     def step():

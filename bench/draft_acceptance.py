@@ -34,7 +34,7 @@ from juncture.tree.trajectory import read_jsonl
 
 def draft(tokens: list[int], i: int, ngram: int) -> int | None:
     """The prompt-lookup draft for position i: what followed the latest earlier occurrence of tokens[i-n:i]."""
-    for n in range(ngram, 0, -1):
+    for n in range(min(ngram, i), 0, -1):
         suffix = tokens[i - n : i]
         for j in range(i - n - 1, -1, -1):
             if tokens[j : j + n] == suffix:
